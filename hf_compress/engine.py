@@ -1,0 +1,189 @@
+"""The layer-sequential calibration engine: the only module that knows about hooks and devices.
+
+One pass over the decoder blocks, as SparseGPT and Wanda do it: capture the first block's inputs
+(hidden states and every keyword argument: position embeddings, masks, cache positions) for all
+calibration windows; then for each block, hook its target modules, run the windows through the block
+to collect statistics of their inputs, let the caller prune (or score) the block, and recompute the
+block's outputs with the changed weights so the error propagates to the next block. Only one block's
+activations are resident; with ``device`` set, one block at a time is moved there and back.
+
+Padding never reaches statistics: each module's input rows are filtered by the window's token mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models.table import decoder_layers
+
+logger = logging.getLogger(__name__)
+
+
+class Stats(Protocol):
+    def add_batch(self, inputs: torch.Tensor) -> None: ...
+
+
+@dataclass
+class BlockInputs:
+    """Per-batch inputs of the current block: ``hidden[b]`` is ``[B, T, hidden]``, ``masks[b]`` ``[B, T]``."""
+
+    hidden: list[torch.Tensor]
+    args: list[tuple]
+    kwargs: list[dict[str, Any]]
+    masks: list[torch.Tensor]
+
+
+@dataclass
+class BlockContext:
+    """What a block callback receives: block index, the block, its target modules and their stats."""
+
+    index: int
+    block: nn.Module
+    modules: dict[str, nn.Module]
+    stats: dict[str, Stats]
+    shared: dict[str, str] = field(default_factory=dict)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def layer_sequential(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    select_modules: Callable[[int, nn.Module], dict[str, nn.Module]],
+    make_stats: Callable[[str, nn.Module], Stats],
+    process_block: Callable[[BlockContext], None],
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    description: str = "calibrating",
+) -> None:
+    """Run ``process_block`` on each decoder block with statistics gathered from its real inputs.
+
+    Args:
+        input_ids: ``[n, T]`` calibration tokens; ``attention_mask``: ``[n, T]`` (1 = real token) or None.
+        select_modules: ``(block index, block) -> {full name: module}`` to hook in that block.
+        make_stats: ``(name, module) -> stats`` with ``add_batch([tokens, in])``. Modules that read the
+            very same input tensor (q/k/v; gate/up) share one stats object (``ctx.shared`` maps them).
+        process_block: called after the block's statistics are complete; may change weights in place.
+        device: where to run; defaults to the device of the model's first parameter.
+    """
+    layers = decoder_layers(model)
+    run_device = torch.device(device) if device is not None else next(model.parameters()).device
+    home = next(model.parameters()).device
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    inputs = _capture_first_block_inputs(model, layers, input_ids, attention_mask, batch_size, run_device)
+    bar = tqdm(range(len(layers)), desc=description, disable=not progress, unit="block")
+    for index in bar:
+        block = layers[index].to(run_device)
+        modules = select_modules(index, block)
+        ctx = BlockContext(index, block, modules, {})
+        if modules:
+            _collect_stats(ctx, inputs, make_stats)
+            process_block(ctx)
+        inputs.hidden = _run_block(block, inputs)
+        layers[index].to(home)
+    if run_device != home:
+        _move_outside_layers(model, layers, home)
+
+
+def _capture_first_block_inputs(model, layers, input_ids, attention_mask, batch_size, device) -> BlockInputs:
+    """Run the model up to block 0 for every batch and keep what block 0 receives."""
+    captured = BlockInputs([], [], [], [])
+
+    def grab(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.hidden.append(hidden.detach())
+        captured.args.append(tuple(args[1:]))
+        captured.kwargs.append(kwargs)
+        raise _StopForward
+
+    _move_outside_layers(model, layers, device)
+    layers[0].to(device)
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for start in range(0, input_ids.shape[0], batch_size):
+                ids = input_ids[start : start + batch_size].to(device)
+                mask = attention_mask[start : start + batch_size].to(device)
+                captured.masks.append(mask.bool())
+                try:
+                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _collect_stats(ctx: BlockContext, inputs: BlockInputs, make_stats) -> None:
+    """Forward every batch through the block with hooks feeding each module's valid input rows."""
+    seen_inputs: list[tuple[torch.Tensor, str]] = []  # held alive so no address is reused mid-batch
+    current: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(_module, args, _output):
+            x = args[0]
+            if name not in ctx.shared:
+                owner = next((who for seen, who in seen_inputs if seen is x), name)
+                seen_inputs.append((x, name))
+                ctx.shared[name] = owner
+                if owner == name:
+                    ctx.stats[name] = make_stats(name, _module)
+            if ctx.shared[name] != name:
+                return
+            ctx.stats[name].add_batch(_valid_rows(x, current["mask"]))
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in ctx.modules.items()]
+    try:
+        with torch.no_grad():
+            for hidden, args, kwargs, mask in zip(inputs.hidden, inputs.args, inputs.kwargs, inputs.masks):
+                current["mask"] = mask
+                seen_inputs.clear()
+                ctx.block(hidden, *args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, owner in ctx.shared.items():
+        ctx.stats.setdefault(name, ctx.stats[owner])
+
+
+def _valid_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T, in]`` -> ``[valid tokens, in]`` (all rows when the leading dims are not ``[B, T]``)."""
+    flat = x.reshape(-1, x.shape[-1])
+    if x.shape[:-1] == mask.shape:
+        return flat[mask.reshape(-1)]
+    return flat
+
+
+def _run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+    """The block's outputs for every batch (the next block's inputs)."""
+    outputs = []
+    with torch.no_grad():
+        for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
+            out = block(hidden, *args, **kwargs)
+            outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
+    return outputs
+
+
+def _move_outside_layers(model: nn.Module, layers: nn.ModuleList, device: torch.device) -> None:
+    """Move every parameter and buffer that is not inside ``layers`` (embeddings, norms, rotary)."""
+    inside = {id(t) for t in layers.parameters()} | {id(t) for t in layers.buffers()}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for key, tensor in store.items():
+                if tensor is not None and id(tensor) not in inside and tensor.device != device:
+                    store[key].data = tensor.data.to(device)
