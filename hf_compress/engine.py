@@ -8,6 +8,11 @@ block's outputs with the changed weights so the error propagates to the next blo
 activations are resident; with ``device`` set, one block at a time is moved there and back.
 
 Padding never reaches statistics: each module's input rows are filtered by the window's token mask.
+
+Under ``torch.distributed`` (e.g. ``torchrun``/``accelerate launch``) the windows are split over the
+ranks (``windows[rank::world]``); every statistic is summed over ranks before ``process_block``, so
+all ranks prune with the same statistics and end with the same weights, equal (up to summation
+order) to a single-process run on all the windows. Each rank propagates only its own windows.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -83,14 +89,16 @@ def layer_sequential(
     home = next(model.parameters()).device
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    input_ids, attention_mask = shard_windows(input_ids, attention_mask)
     inputs = _capture_first_block_inputs(model, layers, input_ids, attention_mask, batch_size, run_device)
-    bar = tqdm(range(len(layers)), desc=description, disable=not progress, unit="block")
+    bar = tqdm(range(len(layers)), desc=description, disable=not progress or _rank() > 0, unit="block")
     for index in bar:
         block = layers[index].to(run_device)
         modules = select_modules(index, block)
         ctx = BlockContext(index, block, modules, {})
         if modules:
             _collect_stats(ctx, inputs, make_stats)
+            all_reduce_stats(ctx.stats.values())
             process_block(ctx)
         inputs.hidden = _run_block(block, inputs)
         layers[index].to(home)
@@ -187,3 +195,56 @@ def _move_outside_layers(model: nn.Module, layers: nn.ModuleList, device: torch.
             for key, tensor in store.items():
                 if tensor is not None and id(tensor) not in inside and tensor.device != device:
                     store[key].data = tensor.data.to(device)
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed run, or a single process."""
+    return _rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if _world() > 1:
+        dist.barrier()
+
+
+def shard_windows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of the calibration windows (all of them in a single process)."""
+    world = _world()
+    if world == 1:
+        return input_ids, attention_mask
+    if input_ids.shape[0] < world:
+        raise ValueError(
+            f"{input_ids.shape[0]} calibration windows cannot be split over {world} processes; "
+            f"use n_samples >= {world}"
+        )
+    rank = _rank()
+    return input_ids[rank::world], attention_mask[rank::world]
+
+
+def all_reduce_stats(stats) -> None:
+    """Sum every tensor and integer counter of each distinct stats object over all ranks (in place)."""
+    if _world() == 1:
+        return
+    unique = list({id(s): s for s in stats}.values())
+    for s in unique:
+        for key, value in sorted(vars(s).items()):
+            if torch.is_tensor(value):
+                dist.all_reduce(value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                count = torch.tensor(value, dtype=torch.float64, device=_reduce_device())
+                dist.all_reduce(count)
+                setattr(s, key, int(count.item()))
+
+
+def _reduce_device() -> torch.device:
+    backend = dist.get_backend()
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")

@@ -43,13 +43,19 @@ class Recipe:
         for name in ("model", "output_dir", "stages", "evaluation"):
             setattr(self, name, expand_placeholders(getattr(self, name)))
         if not self.stages:
-            raise ValueError(f"recipe {self.name!r}: 'stages' is empty; give at least one of {sorted(STAGES)}")
+            raise ValueError(
+                f"recipe {self.name!r}: 'stages' is empty; give at least one of {sorted(STAGES)}"
+            )
         for i, stage in enumerate(self.stages):
             if not isinstance(stage, dict) or len(stage) != 1:
-                raise ValueError(f"recipe {self.name!r}: stages[{i}] must be a one-key mapping like {{prune: {{...}}}}")
+                raise ValueError(
+                    f"recipe {self.name!r}: stages[{i}] must be a one-key mapping like {{prune: {{...}}}}"
+                )
             kind, params = next(iter(stage.items()))
             if kind not in STAGES:
-                raise ValueError(f"recipe {self.name!r}: stages[{i}] {kind!r} is unknown; allowed: {sorted(STAGES)}")
+                raise ValueError(
+                    f"recipe {self.name!r}: stages[{i}] {kind!r} is unknown; allowed: {sorted(STAGES)}"
+                )
             STAGES[kind].validate(params or {})
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} is not one of 'float32', 'bfloat16', 'float16'")
@@ -145,9 +151,14 @@ def run_recipe(recipe: Recipe, *, progress: bool = True) -> Path:
     if recipe.evaluation:
         state.evaluations["final"] = _evaluate(state, progress)
     report = _run_report(state, time.perf_counter() - started)
+    from .engine import barrier, is_main_process
     from .release import write_release
 
-    return write_release(state, report)
+    path = Path(recipe.output_dir)
+    if is_main_process():  # one complete checkpoint, written by the main process only
+        path = write_release(state, report)
+    barrier()
+    return path
 
 
 def _evaluate(state: RunState, progress: bool) -> dict[str, Any]:
@@ -194,14 +205,19 @@ def _run_prune(state: RunState, params: dict[str, Any]) -> None:
     prune(state.model, config, dataset=dataset, tokenizer=state.tokenizer, progress=progress)
     report = state.model.hf_compress_report
     state.stages.append({"stage": "prune", "config": config.to_dict(), "report": report.to_dict()})
-    state.tags += ["pruned", config.method, "sparsity"] + ([config.pattern] if config.nm else ["unstructured"])
+    state.tags += ["pruned", config.method, "sparsity"] + (
+        [config.pattern] if config.nm else ["unstructured"]
+    )
     what = f"{config.pattern} semi-structured" if config.nm else f"{config.sparsity:.0%} unstructured"
     calib = report.calibration or {}
-    on = f" calibrated on {calib.get('n_windows')} x {calib.get('seqlen')} tokens of {calib.get('source')}" if calib else ""
+    on = (
+        f" calibrated on {calib.get('n_windows')} x {calib.get('seqlen')} tokens of {calib.get('source')}"
+        if calib
+        else ""
+    )
     state.steps.append(f"{config.method} pruning to {what} sparsity of every decoder projection{on}.")
 
 
 STAGES: dict[str, Stage] = {
     "prune": Stage(_validate_prune, _run_prune),
 }
-
