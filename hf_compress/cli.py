@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import sys
@@ -21,6 +22,10 @@ _SKIP_FIELDS = {"dataset", "tokenizer"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        module, function, _ = _DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:]) or 0
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -39,6 +44,8 @@ def _build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
         build(cmd)
         cmd.set_defaults(handler=handler)
+    for name, (_module, _function, helptext) in _DELEGATED.items():
+        sub.add_parser(name, help=helptext, add_help=False)
     return parser
 
 
@@ -186,6 +193,15 @@ _COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "prune": (_prune_args, _prune, "prune a model (magnitude / Wanda / SparseGPT, unstructured or N:M)"),
     "eval": (_eval_args, _eval, "perplexity with the pruning papers' protocol"),
     "run": (_run_args, _run, "run a recipe YAML (ordered stages) and write a Hub-ready folder"),
+}
+
+# subcommands with their own parsers (``hf-compress NAME --help`` shows their flags)
+_DELEGATED: dict[str, tuple[str, str, str]] = {
+    "distill": ("hf_compress.distill.cli_entry", "distill_main", "knowledge distillation (DistillationTrainer)"),
+    "recover": ("hf_compress.recover_cli", "recover_main", "LoRA / sparse fine-tuning recovery after pruning"),
+    "export": ("hf_compress.release_cli", "export_main", "ONNX export (+ ONNX Runtime int8) through Optimum"),
+    "card": ("hf_compress.release_cli", "card_main", "write or refresh a model card for a folder"),
+    "push": ("hf_compress.release_cli", "push_main", "push a release folder to the Hugging Face Hub"),
 }
 
 
