@@ -563,6 +563,8 @@ def _token_rows(source: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     items = [source] if isinstance(source, torch.Tensor) else source
     for i, item in enumerate(items):
         if isinstance(item, torch.Tensor):
+            if item.numel() == 0:
+                raise ValueError(f"token tensor {i} has shape {list(item.shape)}: no tokens to calibrate on")
             ids = item.reshape(-1, item.shape[-1]) if item.ndim else item.reshape(1, 1)
             for row in ids:
                 yield _row(row, None, i)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -38,6 +38,9 @@ class PrunerConfig:
         batch_size: calibration windows per forward pass.
         dataset, tokenizer: calibration data for the ``from_pretrained`` hook (not serialized).
     """
+
+    # transformers' quantizer registry dispatches a from_pretrained(quantization_config=...) on this name
+    quant_method: ClassVar[str] = "hf_compress"
 
     method: str = "sparsegpt"
     sparsity: float | None = 0.5

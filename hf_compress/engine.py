@@ -17,6 +17,7 @@ order) to a single-process run on all the windows. Each rank propagates only its
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,10 +127,8 @@ def _capture_first_block_inputs(model, layers, input_ids, attention_mask, batch_
                 ids = input_ids[start : start + batch_size].to(device)
                 mask = attention_mask[start : start + batch_size].to(device)
                 captured.masks.append(mask.bool())
-                try:
+                with contextlib.suppress(_StopForward):
                     model(input_ids=ids, attention_mask=mask, use_cache=False)
-                except _StopForward:
-                    pass
     finally:
         handle.remove()
     return captured

@@ -8,7 +8,7 @@ entry serves ``LlamaModel``, ``LlamaForCausalLM`` and ``LlamaForSequenceClassifi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -29,6 +29,21 @@ class ArchSpec:
         n_heads, n_kv_heads, ffn, hidden, n_layers, head_dim: config field names; ``n_kv_heads``
             or ``head_dim`` is ``None`` when the family has no such field.
         causal: decoder (causal LM) rather than encoder.
+        attention_attrs: ``(attribute, quantity)`` pairs on the attention module (the parent of ``q`` /
+            ``qkv``) that structured pruning keeps in sync with its weights; quantity is ``"heads"``,
+            ``"kv_heads"``, ``"groups"`` (query heads per KV head), ``"inner"`` (heads x head_dim) or
+            ``"hidden"``.
+        head_dim_attr: attribute of the attention module holding the per-head width.
+        outer_norms: paths from ``base_model`` of norms outside the blocks on the hidden width
+            (besides ``final_norm``), e.g. BERT's embedding LayerNorm.
+        outer_square: paths from ``base_model`` of projections outside the blocks that read and write
+            the hidden width (BERT's pooler).
+        embed_proj: paths from ``base_model`` of the projections between a narrower token embedding
+            and the hidden width (OPT's ``project_in`` / ``project_out``; absent modules are skipped).
+        embed_dim_field: config field of the token-embedding width when it may differ from the hidden
+            width (OPT's ``word_embed_proj_dim``).
+        embed_scale: attributes of the token embedding that hold ``sqrt(hidden)`` (Gemma), reset when
+            the hidden width changes, as a reload from the smaller config computes them.
     """
 
     layers: str
@@ -51,12 +66,24 @@ class ArchSpec:
     n_layers: str = "num_hidden_layers"
     head_dim: str | None = "head_dim"
     causal: bool = True
+    attention_attrs: tuple[tuple[str, str], ...] = (("num_key_value_groups", "groups"),)
+    head_dim_attr: str = "head_dim"
+    outer_norms: tuple[str, ...] = ()
+    outer_square: tuple[str, ...] = ()
+    embed_proj: tuple[str, str] | None = None
+    embed_dim_field: str | None = None
+    embed_scale: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
     @property
     def attention_inputs(self) -> tuple[str, ...]:
         """Projections that read the block's hidden state for attention."""
         return (self.qkv,) if self.qkv else (self.q, self.k, self.v)
+
+    @property
+    def attention(self) -> str:
+        """Per-block path of the attention module (the parent of the q / fused qkv projection)."""
+        return (self.qkv or self.q).rpartition(".")[0]
 
     @property
     def ffn_inputs(self) -> tuple[str, ...]:
@@ -78,6 +105,8 @@ _LLAMA = ArchSpec(
     norms=("input_layernorm", "post_attention_layernorm"),
 )
 
+_GEMMA = replace(_LLAMA, embed_scale=("embed_scale", "scalar_embed_scale"))
+
 _GEMMA3 = ArchSpec(
     layers="layers",
     embeddings=("embed_tokens",),
@@ -95,6 +124,7 @@ _GEMMA3 = ArchSpec(
         "pre_feedforward_layernorm",
         "post_feedforward_layernorm",
     ),
+    embed_scale=("embed_scale", "scalar_embed_scale"),
 )
 
 _GPT2 = ArchSpec(
@@ -113,6 +143,7 @@ _GPT2 = ArchSpec(
     hidden="n_embd",
     n_layers="n_layer",
     head_dim=None,
+    attention_attrs=(("num_heads", "heads"), ("split_size", "inner")),
 )
 
 _OPT = ArchSpec(
@@ -129,6 +160,9 @@ _OPT = ArchSpec(
     n_kv_heads=None,
     ffn="ffn_dim",
     head_dim=None,
+    attention_attrs=(("num_heads", "heads"), ("embed_dim", "hidden")),
+    embed_proj=("decoder.project_in", "decoder.project_out"),
+    embed_dim_field="word_embed_proj_dim",
 )
 
 _BERT = ArchSpec(
@@ -145,6 +179,10 @@ _BERT = ArchSpec(
     n_kv_heads=None,
     head_dim=None,
     causal=False,
+    attention_attrs=(("num_attention_heads", "heads"), ("all_head_size", "inner")),
+    head_dim_attr="attention_head_size",
+    outer_norms=("embeddings.LayerNorm",),
+    outer_square=("pooler.dense",),
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -152,7 +190,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
-    "gemma": _LLAMA,
+    "gemma": _GEMMA,
     "gemma2": _GEMMA3,
     "gemma3_text": _GEMMA3,
     "gpt2": _GPT2,
