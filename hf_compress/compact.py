@@ -167,19 +167,28 @@ def packed_nbytes(weight: torch.Tensor, fmt: str, stored: int | None = None) -> 
     return kept * item + math.ceil(kept * index_bits(m) / 8)
 
 
-def choose_format(weight: torch.Tensor, patterns: tuple[tuple[int, int], ...] = ((2, 4),)) -> str:
-    """The smallest of dense, bitmask and each fitting ``N:M`` pattern for ``[out, in]`` ``weight``.
+def choose_format(
+    weight: torch.Tensor,
+    patterns: tuple[tuple[int, int], ...] = ((2, 4),),
+    prefer: tuple[int, int] | None = None,
+) -> str:
+    """Storage format for ``[out, in]`` ``weight``.
 
-    Ties go to N:M (hardware-friendly), then to dense (readable anywhere).
+    ``prefer`` (the pattern the model was pruned to) wins whenever the weight fits it, so a 2:4 model
+    is stored in the 2:4 layout throughout even where a few extra zeros would make a bitmask a little
+    smaller. Otherwise the smallest of dense, bitmask and each fitting pattern of ``patterns``;
+    ties go to N:M, then to dense (readable anywhere).
     """
     mask = stored_mask(weight)
     rows, cols = weight.shape
     stored = int(mask.sum())
-    fitting = [
-        f"{n}:{m}"
-        for n, m in patterns
-        if cols % m == 0 and bool((mask.view(rows, cols // m, m).sum(dim=2) <= n).all())
-    ]
+
+    def fits(n: int, m: int) -> bool:
+        return cols % m == 0 and bool((mask.view(rows, cols // m, m).sum(dim=2) <= n).all())
+
+    if prefer is not None and fits(*prefer):
+        return f"{prefer[0]}:{prefer[1]}"
+    fitting = [f"{n}:{m}" for n, m in patterns if fits(n, m)]
     return min([*fitting, DENSE, BITMASK], key=lambda fmt: packed_nbytes(weight, fmt, stored))
 
 
@@ -222,18 +231,20 @@ def block_linears(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def compact_state_dict(
-    model: nn.Module, patterns: tuple[tuple[int, int], ...] = ((2, 4),)
+    model: nn.Module, pattern: tuple[int, int] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``(state dict, {module name: format})`` with each block projection in its smallest format.
+    """``(state dict, {module name: format})`` with each block projection in its :func:`choose_format`.
 
-    A compacted ``<name>.weight`` holds the values (a shape no plain loader accepts) and
-    ``<name>.<aux_name(fmt)>`` the packed indices; everything else is the model's own tensors.
+    ``pattern`` is the N:M pattern the model was pruned to (preferred where it holds); 2:4 is always
+    a candidate. A compacted ``<name>.weight`` holds the values (a shape no plain loader accepts)
+    and ``<name>.<aux_name(fmt)>`` the packed indices; everything else is the model's own tensors.
     """
     state = model.state_dict()
     formats = {}
+    candidates = tuple(dict.fromkeys([p for p in (pattern, (2, 4)) if p]))
     for name, module in block_linears(model).items():
         weight = weight_out_in(module).detach()
-        fmt = choose_format(weight, patterns)
+        fmt = choose_format(weight, candidates, prefer=pattern)
         if fmt == DENSE:
             continue
         values, aux = encode(weight, fmt)

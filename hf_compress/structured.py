@@ -437,7 +437,18 @@ def _plan_ffn(config, dims, scores, active) -> dict[int, list[int]]:
 
 @dataclass
 class StructuredReport:
-    """What one ``prune_structured()`` call did and measured; ``to_dict()`` is JSON-ready."""
+    """What one ``prune_structured()`` call did and measured; ``to_dict()`` is JSON-ready.
+
+    Attributes:
+        before, after: layers, hidden, heads, KV heads, head_dim, FFN (one value, or one per block) and
+            parameter counts (decoder blocks and whole model).
+        removed_decoder_fraction, removed_total_fraction: parameters removed, realised.
+        uniform: every block has the same shapes; plain_config: plain ``from_pretrained`` rebuilds them
+            (``config_problem`` says why not, when the config class rejects the dims).
+        layer_shapes: per block ``{"num_heads", "num_kv_heads", "head_dim", "ffn"}`` (what a per-layer
+            checkpoint must record; :func:`hf_compress.models.surgery.resize_layers` applies it).
+        kept: blocks kept, hidden width kept, query heads kept per block (input numbering).
+    """
 
     config: dict[str, Any]
     model_type: str
@@ -449,6 +460,7 @@ class StructuredReport:
     removed_total_fraction: float = 0.0
     uniform: bool = True
     plain_config: bool = True
+    config_problem: str | None = None
     layer_shapes: list[dict[str, int]] = field(default_factory=list)
     kept: dict[str, Any] = field(default_factory=dict)
     score_seconds: float = 0.0
@@ -571,7 +583,7 @@ def prune_structured(
     report.removed_decoder_fraction = 1 - report.after["decoder_parameters"] / before["decoder_parameters"]
     report.removed_total_fraction = 1 - report.after["parameters"] / before["parameters"]
     report.uniform, report.plain_config = summary["uniform"], summary["plain_config"]
-    report.layer_shapes = summary["layer_shapes"]
+    report.layer_shapes, report.config_problem = summary["layer_shapes"], summary["config_problem"]
     report.kept = {
         "layers": plan.layers,
         "hidden": len(plan.hidden) if plan.hidden is not None else None,
@@ -583,6 +595,13 @@ def prune_structured(
     logger.info(
         "structured pruning (%s, %s): %s", config.importance, ",".join(config.targets), report.summary()
     )
+    if not report.plain_config:
+        logger.warning(
+            "the pruned shapes are not a plain config (%s); plain from_pretrained cannot rebuild them, "
+            "the per-layer shapes are in hf_compress_report.layer_shapes",
+            report.config_problem
+            or ("per-layer shapes" if not report.uniform else "hidden != heads x head_dim"),
+        )
     return model
 
 

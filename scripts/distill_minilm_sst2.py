@@ -52,7 +52,7 @@ def common_args(out: Path, name: str, args, epochs: float) -> dict:
         output_dir=str(out / name), num_train_epochs=epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=128, learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0.06,
         weight_decay=0.01, logging_steps=25, save_strategy="no", report_to=[], use_cpu=True, seed=0,
-        disable_tqdm=True, dataloader_num_workers=0,
+        disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy="group_by_length",
     )  # fmt: skip
 
 

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hf_compress as hfc
 from hf_compress.evaluate import perplexity
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.unverified]
 
 
 @pytest.fixture(scope="module")

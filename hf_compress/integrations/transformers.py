@@ -239,7 +239,7 @@ class HfCompressQuantizer(HfQuantizer):
         config.layers = layers_to_record(model)
         config.sparsity = sparsity_report(model).total
         state_dict, config.modules = (
-            compact_state_dict(model, _patterns(config)) if config.compact else (None, {})
+            compact_state_dict(model, _pattern(config)) if config.compact else (None, {})
         )
         if config.needs_plugin and _config_written_by_this_save(model):
             _stop_plain_loaders_on_next_save(model.config)
@@ -280,10 +280,10 @@ def _is_nm(fmt: str) -> bool:
         return False
 
 
-def _patterns(config: HfCompressConfig) -> tuple[tuple[int, int], ...]:
+def _pattern(config: HfCompressConfig) -> tuple[int, int] | None:
+    """The N:M pattern the model was pruned to, if any (stored in that layout where it holds)."""
     pattern = (config.pruning or {}).get("pattern")
-    nm = parse_nm(pattern) if pattern and pattern != "unstructured" else None
-    return tuple(dict.fromkeys([p for p in (nm, (2, 4)) if p]))
+    return parse_nm(pattern) if pattern and pattern != "unstructured" else None
 
 
 def _is_text(dataset: Any) -> bool:

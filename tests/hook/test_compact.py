@@ -158,6 +158,8 @@ def test_choose_format_prefers_dense_when_nothing_is_saved():
     sparser = two_four()
     sparser[:, :16] = 0.0  # 2:4 still holds, but a bitmask over 25 % density is smaller
     assert choose_format(sparser) == BITMASK
+    assert choose_format(sparser, prefer=(2, 4)) == "2:4"  # unless the model was pruned to 2:4
+    assert choose_format(sparse(), prefer=(2, 4)) == BITMASK  # a preference that does not hold
     assert choose_format(two_four(n=1, m=4), patterns=((1, 4),)) == "1:4"  # 2 bits x 1/4 < 1 bit
     assert choose_format(two_four(n=4, m=8), patterns=((4, 8),)) == BITMASK  # 3 bits x 1/2 > 1 bit
 

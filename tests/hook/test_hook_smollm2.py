@@ -8,24 +8,38 @@ loud failure without ``import hf_compress``, and a heterogeneous structured mode
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 import hf_compress
 from hf_compress.integrations.transformers import MARKER_KEY, attach_quantizer
 from hf_compress.models import surgery
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.unverified]
+_ITEM = {"F32": 4, "BF16": 2, "U8": 1}
 TEXT = "The tower is 324 metres tall, about the same height as an 81-storey building."
 
 
-def size(folder) -> int:
-    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+def size(folder, blocks_only: bool = False) -> int:
+    """Bytes of the safetensors files, or (``blocks_only``) of the tensors inside the decoder blocks."""
+    if not blocks_only:
+        return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            names = f.keys()  # safe_open handles are not iterable
+            for key in names:
+                if ".layers." in key:
+                    piece = f.get_slice(key)
+                    total += math.prod(piece.get_shape()) * _ITEM[piece.get_dtype()]
+    return total
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +76,16 @@ def test_2of4_at_load_is_recorded(pruned):
 @pytest.mark.parametrize("bits", [32, 16])
 def test_compact_checkpoint_sizes(pruned, bits):
     _, _, root = pruned
-    dense, compact = size(root / f"dense{bits}"), size(root / f"compact{bits}")
-    ratio = dense / compact
+    dense, compact = root / f"dense{bits}", root / f"compact{bits}"
+    blocks = size(dense, blocks_only=True) / size(compact, blocks_only=True)
+    whole = size(dense) / size(compact)
     print(
-        f"SmolLM2-135M 2:4 {'fp32' if bits == 32 else 'bf16'}: dense {dense:,} B, compact {compact:,} B, {ratio:.3f}x"
+        f"\nSmolLM2-135M 2:4 {'fp32' if bits == 32 else 'bf16'}: file {size(dense):,} -> {size(compact):,} B "
+        f"({whole:.3f}x); decoder blocks {size(dense, True):,} -> {size(compact, True):,} B ({blocks:.3f}x)"
     )
-    # 21 % of SmolLM2's parameters are the (unpruned, tied) embedding: the whole file cannot reach 2x
-    assert ratio > (1.55 if bits == 32 else 1.48)
+    assert blocks >= 1.6
+    # 21 % of SmolLM2's parameters are the tied embedding, never pruned: the whole file gains less
+    assert whole > (1.55 if bits == 32 else 1.5)
 
 
 def test_reload_is_exact_and_trains(pruned, tmp_path):
@@ -113,7 +130,7 @@ def test_plain_transformers_refuses_the_compact_checkpoint(pruned):
 def test_heterogeneous_structured_round_trip(smollm2_path, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
     surgery.prune_heads(model, {3: [0, 1, 2, 3, 4, 5], 10: [6, 7, 8]})  # drop one / two of three KV groups
-    surgery.prune_ffn(model, {i: list(range(512 + 64 * i)) for i in range(0, 30, 3)})
+    surgery.prune_ffn(model, {i: list(range(512 + 32 * i)) for i in range(0, 30, 3)})
     attach_quantizer(model).save_pretrained(tmp_path / "out")
     record = json.loads((tmp_path / "out" / "config.json").read_text())
     assert MARKER_KEY in record and record["quantization_config"]["layers"][3]["num_kv_heads"] == 2
