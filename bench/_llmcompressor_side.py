@@ -43,8 +43,16 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (``ru_maxrss`` is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far: ``VmHWM`` (MiB).
+
+    Not ``ru_maxrss``: after fork + exec it also holds the parent's RSS at the fork (Linux records the
+    forked copy's high-water mark at exec), so a child of a big parent would report the parent's size.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: best effort
 
 
 def make_recipe(method: str, pattern: str, sparsity: float):

@@ -72,6 +72,7 @@ def run_variant(name: str, model_ref: str, args) -> dict:
             "base_model": base_id if "/" in base_id and not base_id.startswith("/") else args.base_model,
             "source_results": source,
             "model_name": f"SmolLM2-135M-Instruct {name} (ONNX int8)",
+            "limitations": [args.note] if args.note else [],
         },
         progress=False,
     )
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backend", default="auto", choices=["auto", "optimum", "transformers"])
     parser.add_argument("--base-model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    parser.add_argument("--note", help="a line for the cards' limitations (e.g. that the CPU was shared)")
     parser.add_argument(
         "--also-fp32-layers",
         action="append",

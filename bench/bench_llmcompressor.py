@@ -9,7 +9,7 @@ first 64 x 512-token windows of ``wikitext-2/test.txt``) on both saved checkpoin
 Each tool prunes in its own process: ours in this venv (``bench/_hfc_side.py``), llm-compressor in
 ``.venv-llmc`` (``bench/_llmcompressor_side.py``; it pins transformers <= 5.17, see
 ``scripts/setup_llmcompressor_venv.sh``). Each process times its pruning call alone (wall and CPU
-seconds; model load and save excluded) and reports its peak RSS (``ru_maxrss``) at the end of
+seconds; model load and save excluded) and reports its peak RSS (``VmHWM``) at the end of
 pruning. Every reloaded checkpoint is checked before it is scored: no compressed-tensors
 ``quantization_config``, embeddings identical to the dense model's (so the weights really loaded),
 decoder sparsity at the target and 2:4 holding where asked.

@@ -482,6 +482,7 @@ def _finish_folder(tmp: Path, tokenizer, report: dict[str, Any], source: dict[st
         from .release import export_card_context
 
         ctx = export_card_context(report, dict(card or {}))
+        report["card_settings"] = dict(card or {})
         report["card"] = ctx.to_dict()
         (tmp / "README.md").write_text(str(create_model_card(ctx)), encoding="utf-8")
     (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")

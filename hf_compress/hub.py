@@ -51,7 +51,9 @@ class CardContext:
 
     def __post_init__(self):
         if self.relation not in RELATIONS:
-            raise ValueError(f"relation={self.relation!r} is not a Hub base_model_relation; allowed: {RELATIONS}")
+            raise ValueError(
+                f"relation={self.relation!r} is not a Hub base_model_relation; allowed: {RELATIONS}"
+            )
         if not self.base_model:
             raise ValueError("base_model is empty; give the Hub id of the model this one was made from")
 

@@ -217,10 +217,16 @@ def _load_snippet(repo_id: str) -> str:
 def protocol_line(protocol: dict[str, Any]) -> str:
     """One line that states a perplexity protocol (source, windows, tokens, BOS, dtype)."""
     return (
-        f"{protocol['source']}: {protocol['n_windows']} non-overlapping windows of {protocol['seqlen']} tokens "
+        f"{short_source(protocol['source'])}: {protocol['n_windows']} non-overlapping windows of {protocol['seqlen']} tokens "
         f"(stride {protocol['stride']}), {protocol['n_tokens']:,} tokens scored, "
         f"{'BOS added' if protocol['add_bos'] else 'no BOS'}, {protocol['dtype']}, ppl = exp(mean token NLL)"
     )
+
+
+def short_source(source: str) -> str:
+    """A data path without the machine-specific part: ``.../wikitext-2/test.txt`` -> ``wikitext-2/test.txt``."""
+    parts = Path(source).parts
+    return "/".join(parts[-2:]) if Path(source).is_absolute() and len(parts) > 2 else source
 
 
 def latency_line(latency: dict[str, Any]) -> str:
@@ -238,7 +244,7 @@ def perplexity_eval_result(final: dict[str, Any], task_type: str = "text-generat
     return EvalResult(
         task_type=task_type,
         dataset_type="wikitext",
-        dataset_name=Path(protocol["source"]).name or protocol["source"],
+        dataset_name=short_source(protocol["source"]),
         dataset_config="wikitext-2",
         dataset_split="test",
         metric_type="perplexity",
@@ -308,7 +314,8 @@ def export_card_context(report: dict[str, Any], settings: dict[str, Any]) -> Car
         command=settings.get("command"),
         load_snippet=_export_snippet(report, settings.get("repo_id", "<user>/<repo>"), primary),
         load_note=_export_load_note(report),
-        limitations=_export_limitations(report) + settings.get("limitations", []),
+        limitations=_export_limitations(report, settings.get("source_results"))
+        + settings.get("limitations", []),
         versions=report["versions"]
         | {f"{k} (export env)": v for k, v in (report.get("optimum_versions") or {}).items()},
         report_file="export_report.json",
@@ -404,6 +411,11 @@ def _export_steps(report) -> list[str]:
             + (f", target {quant['arch']}" if quant.get("arch") else "")
             + "."
         )
+        kept = [quant.get("not_quantized")]
+        layers = quant.get("fp32_layers") or {}
+        if layers.get("patterns"):
+            kept.append(f"{layers['matmuls']} MatMuls matching {layers['patterns']} stay fp32")
+        steps += [f"Not quantized: {'; '.join(k for k in kept if k)}."] if any(kept) else []
     return steps
 
 
@@ -442,8 +454,17 @@ def _export_load_note(report) -> str:
     )
 
 
-def _export_limitations(report) -> list[str]:
+def _export_limitations(report, source_results=None) -> list[str]:
     items = []
+    primary = "int8" if "int8" in report["files"] else "fp32"
+    onnx_ppl = ((report.get("evaluation") or {}).get(primary) or {}).get("ppl")
+    source_ppl = (source_results or {}).get("ppl")
+    if primary == "int8" and onnx_ppl and source_ppl and onnx_ppl > 1.05 * source_ppl:
+        items.append(
+            f"Dynamic int8 raised the perplexity from {source_ppl:.2f} to {onnx_ppl:.2f}. Activation outliers at "
+            "the FFN output projections are the usual cause (LLM.int8(), Dettmers et al. 2022): exporting with "
+            "`fp32_layers: [down_proj]` keeps those projections fp32 for a larger, more faithful graph."
+        )
     if "int8" in report["files"]:
         items.append(
             "Dynamic int8 quantization changes the logits (see the max |logit diff| above); greedy outputs can "

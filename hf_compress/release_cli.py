@@ -186,9 +186,14 @@ def _stored_context(folder: Path, overrides: dict[str, Any]):
     for name in ("compression_report.json", "export_report.json"):
         file = folder / name
         if file.is_file():
-            stored = json.loads(file.read_text(encoding="utf-8")).get("card")
-            if stored:
-                ctx = CardContext.from_dict(stored)
+            report = json.loads(file.read_text(encoding="utf-8"))
+            if "card_settings" in report:  # an export: rebuilt from its figures with the current code
+                from .release import export_card_context
+
+                ctx = export_card_context(report, report["card_settings"])
+                break
+            if report.get("card"):
+                ctx = CardContext.from_dict(report["card"])
                 break
     else:
         raise FileNotFoundError(

@@ -69,6 +69,13 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--feature-weight", type=float, default=1.0)
+    parser.add_argument("--student-lr", type=float, default=None)
+    parser.add_argument(
+        "--student-data",
+        choices=("new", "all"),
+        default="new",
+        help="new sentences only, or the teacher's too",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -97,9 +104,11 @@ def main() -> None:
     )
 
     student = keep_blocks(teacher, [0, 2, 4])
-    s_data = train.select(range(args.teacher_train, args.teacher_train + args.student_train))
+    first = 0 if args.student_data == "all" else args.teacher_train
+    s_data = train.select(range(first, args.teacher_train + args.student_train))
     cfg = DistillationConfig(
-        **common_args(args.out, "student", args, args.student_epochs), bf16=False, gradient_checkpointing=False,
+        **{**common_args(args.out, "student", args, args.student_epochs), "learning_rate": args.student_lr or args.lr},
+        bf16=False, gradient_checkpointing=False,
         max_length=args.max_len, loss="forward_kl", temperature=args.temperature, alpha=args.alpha,
         feature_weight=args.feature_weight, feature_layers="0:1,1:3,2:5",
     )  # fmt: skip

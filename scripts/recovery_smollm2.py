@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -139,6 +140,10 @@ def step_recover(args, paths, loss: str) -> None:
     _save(paths, f"lora_{loss}", out)
 
 
+def _nll(result: dict) -> float:
+    return result.get("nll", math.log(result["ppl"]))
+
+
 def step_report(args, paths) -> None:
     results = json.loads(paths["results"].read_text())
     dense, pruned = results["dense"], results["pruned"]
@@ -150,7 +155,7 @@ def step_report(args, paths) -> None:
         if key in results:
             r = results[key]
             closed = (pruned["ppl"] - r["ppl"]) / (pruned["ppl"] - dense["ppl"])
-            closed_nll = (pruned["nll"] - r["nll"]) / (pruned["nll"] - dense["nll"])
+            closed_nll = (_nll(pruned) - _nll(r)) / (_nll(pruned) - _nll(dense))
             print(f"{key:<10} {r['ppl']:>8.3f} {closed:>17.1%} {closed_nll:>7.1%} {r['steps']:>6} {r['tokens']:>7} "
                   f"{r['wall_seconds']:>12.0f}  {r['sparsity_before']:.6f} -> {r['sparsity_after']:.6f} "
                   f"identical={r['zero_positions_identical']}")  # fmt: skip

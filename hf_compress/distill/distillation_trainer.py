@@ -477,7 +477,7 @@ class DistillationTrainer(SFTTrainer):
         n = n_local.clamp(min=1)
         logs = {"kd_loss": kd.detach() / logits.shape[0], "ce_loss": ce.detach() / n}
         if labels is not None:
-            logs["accuracy"] = (logits.argmax(-1) == labels).float().sum() / n
+            logs["label_accuracy"] = (logits.argmax(-1) == labels).float().sum() / n
         mask = inputs.get("attention_mask")
         mask = torch.ones(inputs["input_ids"].shape, device=logits.device) if mask is None else mask
         weights = (1.0 / mask.sum(1).clamp(min=1)).unsqueeze(1).expand_as(mask)[mask.bool()].float()

@@ -44,7 +44,7 @@ from packaging.version import Version
 from transformers.quantizers import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..compact import BITMASK, DENSE, add_compact_slots, compact_state_dict, parse_nm, restore_dense
+from ..compact import BITMASK, add_compact_slots, compact_state_dict, parse_nm, restore_dense
 from ..config import PrunerConfig
 from ..heterogeneous import apply_recorded_layers, layers_to_record
 
@@ -109,7 +109,7 @@ class HfCompressConfig(QuantizationConfigMixin):
         if self.pruner is not None and not isinstance(self.pruner, PrunerConfig):
             raise TypeError(f"pruner must be a hf_compress.PrunerConfig, got {type(self.pruner).__name__}")
         for name, fmt in self.modules.items():
-            if fmt != BITMASK and (fmt == DENSE or not _is_nm(fmt)):
+            if fmt != BITMASK and not _is_nm(fmt):
                 raise ValueError(
                     f"modules[{name!r}]={fmt!r} is not a storage format; allowed: 'bitmask', 'N:M'"
                 )
