@@ -1,7 +1,9 @@
 """``hf-compress``: thin command line over the library (no training logic here).
 
-Subcommands: ``fetch``, ``prune``, ``eval``, ``run RECIPE.yaml``. Settings come from flags or from a
-flat ``--config x.yaml``; flags given on the command line override the file.
+Subcommands: ``fetch``, ``prune``, ``eval``, ``run RECIPE.yaml``, and ``distill``, ``recover``, ``export``,
+``card``, ``push`` with their own parsers. Settings come from flags or from a flat ``--config x.yaml``;
+flags given on the command line override the file. Many processes: ``accelerate launch --config_file
+recipes/accelerate_configs/ddp.yaml -m hf_compress.cli distill|recover ...`` (see the README).
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _DELEGATED:
         module, function, _ = _DELEGATED[argv[0]]
-        return getattr(importlib.import_module(module), function)(argv[1:]) or 0
+        try:
+            result = getattr(importlib.import_module(module), function)(argv[1:])
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
+            print(f"hf-compress {argv[0]}: error: {err}", file=sys.stderr)
+            return 2
+        return result if isinstance(result, int) else 0  # distill_main returns its trainer
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -401,6 +401,9 @@ def _train(
 
 
 def _check_run(config: RecoveryConfig, teacher: Any, output_dir: Any) -> None:
+    from .launch_checks import check_launch
+
+    check_launch(bool(config.training_args.get("use_cpu", False)))
     if config.loss == "kd" and teacher is None:
         raise ValueError("RecoveryConfig.loss='kd' needs teacher=... (the dense model or its folder)")
     if config.loss == "lm" and teacher is not None:

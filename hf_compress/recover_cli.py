@@ -104,6 +104,7 @@ def _merged_release(opts: dict[str, Any], params: dict[str, Any], progress: bool
 
 
 def _adapter_release(opts: dict[str, Any], params: dict[str, Any], progress: bool) -> Path:
+    from .engine import barrier, is_main_process
     from .models.loading import load_causal_lm
     from .portable import atomic_dir, check_output_path, save_tokenizer_portable
     from .recover import recover_with_lora
@@ -127,10 +128,14 @@ def _adapter_release(opts: dict[str, Any], params: dict[str, Any], progress: boo
                                    teacher_tokenizer=teacher_tokenizer, progress=progress)  # fmt: skip
     report = {"base_model": base_id, "model": opts["model"], "dataset": str(dataset), "teacher": teacher_name,
               "recovery": peft_model.hf_compress_recovery.to_dict()}  # fmt: skip
-    with atomic_dir(opts["output_dir"], overwrite=bool(opts.get("overwrite"))) as tmp:
-        peft_model.save_pretrained(str(tmp))
-        save_tokenizer_portable(tokenizer, tmp)
-        (tmp / "recovery_report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    if is_main_process():  # one complete release, written by the main process only
+        with atomic_dir(opts["output_dir"], overwrite=bool(opts.get("overwrite"))) as tmp:
+            peft_model.save_pretrained(str(tmp))
+            save_tokenizer_portable(tokenizer, tmp)
+            (tmp / "recovery_report.json").write_text(
+                json.dumps(report, indent=2, default=str), encoding="utf-8"
+            )
+    barrier()
     return Path(opts["output_dir"])
 
 

@@ -27,8 +27,11 @@ def _config(params: dict[str, Any]):
 
 
 def validate_recover(params: dict[str, Any]) -> None:
-    """Check a ``recover`` stage before any model is loaded."""
+    """Check a ``recover`` stage (and the process layout of the run) before any model is loaded."""
+    from .launch_checks import check_launch
+
     config = _config(params)
+    check_launch(bool(config.training_args.get("use_cpu", False)))
     if config.loss == "kd" and not params.get("teacher"):
         raise ValueError(
             "recover: loss 'kd' needs 'teacher' ('base' for the recipe's model, or a model path/name)"

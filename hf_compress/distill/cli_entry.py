@@ -5,20 +5,19 @@
     hf-compress distill --config recipes/smollm2/distill.yaml --max_steps 100   # flags override the file
     hf-compress distill --model_name_or_path STUDENT --teacher_cache CACHE_DIR --output_dir out  # offline
 
-Multi-GPU: ``accelerate launch -m hf_compress.cli distill ...`` (the teacher is never DDP-wrapped).
+Many processes: ``accelerate launch --config_file recipes/accelerate_configs/ddp.yaml -m hf_compress.cli distill ...``
+(the teacher is never DDP-wrapped; FSDP / ZeRO-3 shard it). The main process writes the student and
+``distill_report.json`` (per-step losses, process layout, versions) into ``--output_dir``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-
-logger = logging.getLogger(__name__)
 
 TASKS = ("causal-lm", "sequence-classification")
 
@@ -95,7 +94,9 @@ def distill_main(argv: Sequence[str] | None = None):
 
     from .distillation_config import DistillationConfig
     from .distillation_trainer import DistillationTrainer
+    from .final_save import run_report, save_final
 
+    started = time.perf_counter()
     script, cfg = TrlParser((DistillScriptArguments, DistillationConfig)).parse_args_and_config(
         list(argv) if argv is not None else None
     )
@@ -107,10 +108,11 @@ def distill_main(argv: Sequence[str] | None = None):
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
     student = auto.from_pretrained(script.model_name_or_path, dtype=getattr(torch, script.dtype))
     source = script.teacher_cache or script.dataset
-    train = load_local_dataset(source, script.dataset_split, script.max_rows)
-    evaluation = (
-        load_local_dataset(script.eval_dataset, script.dataset_split) if script.eval_dataset else None
-    )
+    with cfg.main_process_first(desc="loading the data"):  # one process fills the datasets cache
+        train = load_local_dataset(source, script.dataset_split, script.max_rows)
+        evaluation = (
+            load_local_dataset(script.eval_dataset, script.dataset_split) if script.eval_dataset else None
+        )
     trainer = DistillationTrainer(
         student,
         script.teacher_model_name_or_path,
@@ -120,18 +122,5 @@ def distill_main(argv: Sequence[str] | None = None):
         processing_class=tokenizer,
     )
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
-    save_final(trainer, tokenizer, Path(cfg.output_dir))
+    save_final(trainer, tokenizer, Path(cfg.output_dir), run_report(trainer, started))
     return trainer
-
-
-def save_final(trainer, tokenizer, out: Path) -> None:
-    """Save the student (and tokenizer) to a temporary folder inside ``out``, then move each file into place."""
-    tmp = out / ".final.tmp"
-    trainer.save_model(str(tmp))
-    if not trainer.args.should_save:
-        return
-    tokenizer.save_pretrained(str(tmp))
-    for item in tmp.iterdir():
-        os.replace(item, out / item.name)
-    tmp.rmdir()
-    logger.info("saved the distilled student to %s", out)

@@ -122,7 +122,10 @@ class DistillationConfig(SFTConfig):
     teacher_model_init_kwargs: dict | str | None = field(default=None, metadata={"help": "teacher kwargs"})
 
     def __post_init__(self) -> None:
+        from ..launch_checks import check_launch
+
         self._check_kd_fields()
+        check_launch(self.use_cpu)  # before TrainingArguments picks a device for this process
         super().__post_init__()
 
     def _check_kd_fields(self) -> None:

@@ -19,6 +19,7 @@ shares no code with this one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ from .heads import (
 from .losses import logit_kd_loss
 from .on_policy import build_on_policy_batch, on_policy_decision, prompts_of
 from .teacher_cache import CACHE_COLUMNS, IDS, LOGPROBS, TAIL, TeacherCacheCollator, is_teacher_cache
+from .teacher_placement import place_teacher
 from .terms import contrastive_term, feature_terms
+from .zero3 import gathered, head_parameters, register_external
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +144,7 @@ class DistillationTrainer(SFTTrainer):
         self._objective = Objective(
             args.loss, args.temperature, args.beta, args.skew_alpha, args.alpha, args.kd_weight, args.top_k
         )
-        self._micro_step, self._micro_step_at, self._on_policy_scale = 0, -1, None
+        self._student_head_registered = False
 
     # ------------------------------------------------------------------ setup
     def _check_modes(self, args: DistillationConfig, teacher_model) -> None:
@@ -173,7 +176,7 @@ class DistillationTrainer(SFTTrainer):
         return k
 
     def _prepare_teacher(self, teacher: nn.Module | str) -> nn.Module:
-        """Load, cast, freeze and place the teacher; never wrapped for gradient sync (no DDP)."""
+        """Load, cast, freeze and place the teacher (:mod:`.teacher_placement`); never DDP-wrapped."""
         args = self.args
         if isinstance(teacher, str):
             teacher = self._load_teacher(teacher)
@@ -183,17 +186,7 @@ class DistillationTrainer(SFTTrainer):
             teacher.set_attn_implementation("eager")
         teacher.eval()
         teacher.requires_grad_(False)
-        if args.teacher_device is not None:
-            return teacher.to(args.teacher_device)
-        if self.is_deepspeed_enabled:
-            from trl.models import prepare_deepspeed
-
-            return prepare_deepspeed(teacher, self.accelerator)
-        if self.is_fsdp_enabled:
-            from trl.models import prepare_fsdp
-
-            return prepare_fsdp(teacher, self.accelerator)
-        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        return place_teacher(teacher, self.accelerator, args.teacher_device)
 
     def _load_teacher(self, path: str) -> nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -307,20 +300,21 @@ class DistillationTrainer(SFTTrainer):
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
 
     # --------------------------------------------------------------- training
-    def training_step(
-        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
-    ) -> torch.Tensor:
-        """Replace the completions by student samples for a fraction ``lmbda`` of micro-batches."""
-        self._on_policy_scale = None
-        if self.args.lmbda > 0:
-            step = self.state.global_step
-            if step != self._micro_step_at:
-                self._micro_step_at, self._micro_step = step, 0
-            use = on_policy_decision(self.args.seed, step, self._micro_step, self.args.lmbda)
-            self._micro_step += 1
-            if use:
-                inputs = self._on_policy_inputs(model, self._prepare_inputs(inputs))
-        return super().training_step(model, inputs, num_items_in_batch)
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The micro-batches of one optimizer step, with the on-policy ones (``lmbda``) generated first.
+
+        Swapping before ``num_items_in_batch`` is counted keeps the loss divisor the global token count
+        of the batches actually trained on. The choice of micro-batch ``i`` depends only on
+        ``(seed, global step, i)``, so every rank generates for the same micro-batches.
+        """
+        if self.args.lmbda <= 0:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches = list(itertools.islice(epoch_iterator, num_batches))
+        step = self.state.global_step
+        for i, batch in enumerate(batches):
+            if on_policy_decision(self.args.seed, step, i, self.args.lmbda):
+                batches[i] = self._on_policy_inputs(self.model_wrapped, self._prepare_inputs(batch))
+        return batches, self._get_num_items_in_batch(batches, device)
 
     def _on_policy_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         from trl.models import unwrap_model_for_generation
@@ -341,29 +335,25 @@ class DistillationTrainer(SFTTrainer):
             model, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
         ) as unwrapped:
             generated = unwrapped.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **gen_kwargs)
-        new = build_on_policy_batch(inputs, generated, prompt_ids.shape[1], pad, eos_ids)
-        n_orig = (inputs["labels"][:, 1:] != -100).sum()
-        n_new = (new["labels"][:, 1:] != -100).sum()
-        self._on_policy_scale = (n_orig, n_new)
-        return new
+        return build_on_policy_batch(inputs, generated, prompt_ids.shape[1], pad, eos_ids)
 
     def _normaliser(self, n_local: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         """Divisor of the summed losses: the global count, or the local one outside training steps."""
         if num_items_in_batch is None:
             return n_local.clamp(min=1).float()
-        count = torch.as_tensor(num_items_in_batch, device=n_local.device).float()
-        if self._on_policy_scale is not None:
-            n_orig, n_new = self._on_policy_scale
-            count = count * n_new.clamp(min=1) / n_orig.clamp(min=1)
-        return count.clamp(min=1)
+        return torch.as_tensor(num_items_in_batch, device=n_local.device).float().clamp(min=1)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Total distillation loss of one micro-batch (see :class:`DistillationConfig`)."""
         loss, logits = self._distill_loss(model, inputs, num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+        if self._divisor_is_global(num_items_in_batch):
             # DDP averages gradients over ranks while the divisor already counts every rank's tokens.
             loss = loss * self.accelerator.num_processes
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _divisor_is_global(self, num_items_in_batch) -> bool:
+        """Whether the loss divisor counts the tokens of every rank (then the loss is scaled by the ranks)."""
+        return bool(self.args.average_tokens_across_devices) and num_items_in_batch is not None
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the distillation loss, plus the student's logits for classifiers."""
@@ -379,6 +369,9 @@ class DistillationTrainer(SFTTrainer):
         if self._classifier:
             return self._classifier_loss(model, inputs, teacher, num_items_in_batch), None
         inner = self.accelerator.unwrap_model(model)
+        if not self._student_head_registered:  # ZeRO-3: gather the head for the whole redirected forward
+            register_external(inner, head_parameters(inner))
+            self._student_head_registered = True
         mask = inputs["labels"][:, 1:] != -100
         count = self._normaliser(mask.sum(), num_items_in_batch)
         loss = redirect(
@@ -426,15 +419,16 @@ class DistillationTrainer(SFTTrainer):
         with capture(hf, s_hidden, s_attn) as got:
             hidden = backbone_hidden(hf, model_inputs(inputs))
         targets = inputs["labels"][:, 1:][mask]
-        loss, stats = chunked_distill_loss(
-            hidden[:, :-1][mask],
-            lm_head(hf),
-            self._teacher_side(inputs, mask, teacher),
-            targets,
-            self._vocab,
-            self._objective,
-            args.kd_chunk_size,
-        )
+        with gathered(head_parameters(None if teacher is None else self._teacher_inner)):
+            loss, stats = chunked_distill_loss(
+                hidden[:, :-1][mask],
+                lm_head(hf),
+                self._teacher_side(inputs, mask, teacher),
+                targets,
+                self._vocab,
+                self._objective,
+                args.kd_chunk_size,
+            )
         total = loss / count
         n = mask.sum().clamp(min=1)
         logs = {"kd_loss": stats[1] / n, "ce_loss": stats[2] / n}
@@ -503,7 +497,10 @@ class DistillationTrainer(SFTTrainer):
         )
 
     def _contrastive(self, s_last, t_last, attention_mask, num_items_in_batch, logs) -> torch.Tensor:
+        """InfoNCE (a per-micro-batch mean), divided so that it is not multiplied by the ranks in compute_loss."""
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+        if self._divisor_is_global(num_items_in_batch):
+            steps *= self.accelerator.num_processes
         return contrastive_term(self.args, self._projections, s_last, t_last, attention_mask, steps, logs)
 
     # ----------------------------------------------------------------- logs

@@ -22,8 +22,12 @@ NON_MODEL_KEYS = frozenset(
 
 
 def redirect(wrapper: nn.Module, inner: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn(*args, **kwargs)`` inside ``wrapper``'s forward, where ``wrapper`` wraps ``inner``."""
-    if wrapper is inner:
+    """Call ``fn(*args, **kwargs)`` inside ``wrapper``'s forward, where ``wrapper`` wraps ``inner``.
+
+    FSDP2 shards in place (``wrapper is inner``) and unshards the root's own parameters (embeddings,
+    final norm, head) in hooks around its forward, so such a module is redirected too.
+    """
+    if wrapper is inner and not _is_fsdp2(inner):
         return fn(*args, **kwargs)
     had_instance_forward = "forward" in inner.__dict__
     original = inner.forward
@@ -43,6 +47,14 @@ def redirect(wrapper: nn.Module, inner: nn.Module, fn: Callable[..., Any], *args
         return wrapper(*args, **kwargs)
     finally:
         _restore()
+
+
+def _is_fsdp2(module: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return False
+    return isinstance(module, FSDPModule)
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -55,8 +55,9 @@ def lm_head(model: nn.Module) -> Head:
 
 
 def head_rows(model: nn.Module) -> int:
-    """Number of rows of the output projection (the padded vocabulary size)."""
-    return int(unwrap_peft(model).get_output_embeddings().weight.shape[0])
+    """Number of rows of the output projection (the padded vocabulary size; ZeRO-3 partitions too)."""
+    weight = unwrap_peft(model).get_output_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
 def vocab_fingerprint(tokenizer) -> str:
