@@ -28,7 +28,8 @@ Pieces:
   use ``.to(dtype)``.
 
 Registered by :func:`register` (idempotent; ``import hf_compress`` calls it). On transformers older
-than :data:`MIN_TRANSFORMERS` the registered quantizer raises an error naming the version.
+than :data:`MIN_TRANSFORMERS` the registered quantizer (:mod:`.transformers_legacy`) raises an error
+naming the version, except for dense-saved records, which load as plain models.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ MIN_TRANSFORMERS = "5.25"
 FORMAT_VERSION = 1
 MARKER_KEY = "transformers_weights"
 MARKER = (
-    "[hf-compress checkpoint] these weights are stored compactly and/or with per-layer shapes. "
-    f"Plain transformers cannot load them: `pip install hf-compress`, run `import hf_compress` before "
-    f"from_pretrained (transformers>={MIN_TRANSFORMERS}), or ask the author for the dense export."
+    "[hf-compress checkpoint] these weights are stored compactly and/or with per-layer shapes, which "
+    "plain transformers cannot load. They need the hf-compress plugin: `pip install hf-compress` and "
+    f"`import hf_compress` before from_pretrained (needs transformers>={MIN_TRANSFORMERS}); "
+    "or ask the author for the dense export."
 )
 _SERIALIZED = ("quant_method", "format_version", "compact", "pruning", "modules", "layers", "sparsity")
 
@@ -336,28 +338,13 @@ def add_marker(config_file: str | Path) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-class _NeedsNewerTransformers(HfQuantizer):
-    """Registered on transformers < :data:`MIN_TRANSFORMERS`: any use raises a clear error."""
-
-    def __init__(self, quantization_config: Any, **kwargs: Any):
-        raise RuntimeError(
-            f"hf_compress's from_pretrained hook (pruning at load, compact / per-layer checkpoints) needs "
-            f"transformers>={MIN_TRANSFORMERS}; this environment has {transformers.__version__}. "
-            "Dense-saved and uniformly pruned checkpoints load here without the hook."
-        )
-
-    def _process_model_before_weight_loading(self, model, **kwargs):  # pragma: no cover - never built
-        return model
-
-    def _process_model_after_weight_loading(self, model, **kwargs):  # pragma: no cover
-        return model
-
-    def is_serializable(self, *args, **kwargs):  # pragma: no cover
-        return False
-
-    @property
-    def is_trainable(self):  # pragma: no cover
-        return False
+def needs_newer_transformers(what: str) -> str:
+    """The error text for a hook feature used on transformers older than :data:`MIN_TRANSFORMERS`."""
+    return (
+        f"hf_compress's from_pretrained hook ({what}) needs transformers>={MIN_TRANSFORMERS}; this "
+        f"environment has {transformers.__version__}: `pip install -U 'transformers>={MIN_TRANSFORMERS}'`. "
+        "Dense-saved and uniformly pruned checkpoints load here without the hook."
+    )
 
 
 def supported() -> bool:
@@ -369,7 +356,9 @@ def register() -> None:
     """Register ``hf_compress`` with transformers' quantizer registry (idempotent)."""
     from transformers.quantizers import auto
 
-    quantizer = HfCompressQuantizer if supported() else _NeedsNewerTransformers
+    from .transformers_legacy import OlderTransformersQuantizer
+
+    quantizer = HfCompressQuantizer if supported() else OlderTransformersQuantizer
     if auto.AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is not HfCompressConfig:
         auto.AUTO_QUANTIZATION_CONFIG_MAPPING.pop(QUANT_METHOD, None)
         auto.register_quantization_config(QUANT_METHOD)(HfCompressConfig)
@@ -386,7 +375,7 @@ def attach_quantizer(model: Any, pruner: PrunerConfig | None = None, *, compact:
     """
     register()
     if not supported():
-        _NeedsNewerTransformers(None)
+        raise RuntimeError(needs_newer_transformers("saving pruned models through the hook"))
     existing = getattr(model, "hf_quantizer", None)
     if existing is not None and not isinstance(existing, HfCompressQuantizer):
         raise ValueError(

@@ -22,7 +22,7 @@ from hf_compress.integrations.transformers import (
 )
 from hf_compress.models import surgery
 from hf_compress.sparsity import sparsity_report
-from tests.tiny_models import TOKENIZER_CORPUS, random_tokens
+from tests.tiny_models import TOKENIZER_CORPUS, random_tokens, tiny_llama
 
 PATTERNS = [("unstructured", 0.5), ("2:4", None)]
 
@@ -185,9 +185,22 @@ def heterogeneous(path):
     return model
 
 
+def heterogeneous_with_dropped_layers(tmp_path):
+    """Four blocks -> three (block 2 dropped), with per-layer heads / KV heads / FFN widths."""
+    tiny_llama(layers=4).save_pretrained(tmp_path / "four")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "four")
+    surgery.prune_heads(model, {1: [3, 4, 5, 6, 7, 8], 3: [0, 1, 2]})
+    surgery.prune_ffn(model, {0: list(range(0, 96, 2)), 3: list(range(80))})
+    surgery.drop_layers(model, [0, 1, 3])
+    return model
+
+
 @pytest.mark.parametrize("compact", [True, False])
-def test_heterogeneous_model_round_trips_and_generates(tiny_dir, tmp_path, compact):
-    model = heterogeneous(tiny_dir["llama"])
+@pytest.mark.parametrize("drop", [False, True])
+def test_heterogeneous_model_round_trips_and_generates(tiny_dir, tmp_path, compact, drop):
+    model = heterogeneous_with_dropped_layers(tmp_path) if drop else heterogeneous(tiny_dir["llama"])
+    shapes = surgery.layer_shapes(model)
+    assert len({s["ffn"] for s in shapes}) > 1 and len({s["num_kv_heads"] for s in shapes}) > 1
     hf_compress.prune(model, hf_compress.PrunerConfig(method="magnitude", sparsity=0.5), progress=False)
     attach_quantizer(model, hf_compress.PrunerConfig(method="magnitude", sparsity=0.5), compact=compact)
     model.save_pretrained(tmp_path / "out")
@@ -195,11 +208,14 @@ def test_heterogeneous_model_round_trips_and_generates(tiny_dir, tmp_path, compa
     assert record["quantization_config"]["layers"] == surgery.layer_shapes(model)
     assert record[MARKER_KEY] == MARKER  # per-layer shapes need the plugin, compact or not
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    assert surgery.layer_shapes(reloaded) == surgery.layer_shapes(model)
+    assert surgery.layer_shapes(reloaded) == shapes
+    assert reloaded.config.num_hidden_layers == len(shapes) == (3 if drop else 2)
     assert_same_model(model, reloaded)
     prompt = random_tokens(1, 5)
-    kwargs = {"max_new_tokens": 8, "do_sample": False, "use_cache": True, "pad_token_id": 2}
-    assert torch.equal(model.generate(prompt, **kwargs), reloaded.generate(prompt, **kwargs))
+    kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 2}
+    cached = reloaded.generate(prompt, use_cache=True, **kwargs)
+    assert torch.equal(model.generate(prompt, use_cache=True, **kwargs), cached)
+    assert torch.equal(reloaded.generate(prompt, use_cache=False, **kwargs), cached)  # the KV cache is right
 
 
 def test_heterogeneous_model_refuses_dequantize(tiny_dir):
