@@ -20,6 +20,6 @@ if [ "${HF_COMPRESS_SKIP_COMPAT:-0}" != "1" ]; then
     "$PY" -m venv .venv457
   fi
   pipq .venv457/bin/python "torch==2.13.0"
-  pipq .venv457/bin/python "transformers==4.57.*" gguf safetensors accelerate pyyaml tqdm
+  pipq .venv457/bin/python "transformers==4.57.*" gguf safetensors accelerate pyyaml tqdm greenlet
 fi
 echo "== environments ready"

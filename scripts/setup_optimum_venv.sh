@@ -20,7 +20,7 @@ pipq "torch==2.13.0"
 # optimum-onnx brings optimum~=2.1 and transformers<4.58; onnxruntime is its [onnxruntime] extra
 pipq "optimum-onnx[onnxruntime]" "transformers>=4.57,<4.58"
 # what hf_compress itself imports at run time (no trl / peft / datasets: imported lazily)
-pipq "huggingface_hub" "safetensors" "accelerate" "pyyaml" "tqdm" "jinja2" "packaging" "pytest"
+pipq "huggingface_hub" "safetensors" "accelerate" "pyyaml" "tqdm" "jinja2" "packaging" "greenlet" "pytest"
 pipq -e . --no-deps
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
