@@ -125,28 +125,33 @@ def _prune_calibrated(model, config, targets, sparsities, calib, device, progres
     def make_stats(_name, module):
         return stats_class(weight_out_in(module).shape[1], device=module.weight.device)
 
-    def process_block(ctx: BlockContext) -> None:
-        for name, module in ctx.modules.items():
-            tic = time.perf_counter()
-            stats = ctx.stats[name]
-            if config.method == "sparsegpt":
-                result = sparsegpt_prune(
-                    weight_out_in(module), stats.hessian(), sparsities[ctx.index], config.nm,
-                    config.block_size, config.damping,
-                )
-                set_weight_out_in(module, result.weight)
-                extra = {"loss": result.loss, "damping": result.damping, "cholesky_retries": result.cholesky_retries}
-            else:
-                mask = wanda_mask(weight_out_in(module), stats, sparsities[ctx.index], config.nm)
-                with torch.no_grad():
-                    apply_mask_(weight_out_in(module), mask)
-                extra = {}
-            report.add_module(name, seconds=time.perf_counter() - tic, tokens=stats.tokens,
-                              shared_stats_with=ctx.shared.get(name), **extra)
+    def process_module(ctx: BlockContext, name: str) -> None:
+        module, stats = ctx.modules[name], ctx.stats[name]
+        tic = time.perf_counter()
+        if config.method == "sparsegpt":
+            result = sparsegpt_prune(
+                weight_out_in(module), stats.hessian(), sparsities[ctx.index], config.nm,
+                config.block_size, config.damping,
+            )
+            set_weight_out_in(module, result.weight)
+            extra = {"loss": result.loss, "damping": result.damping, "cholesky_retries": result.cholesky_retries}
+        else:
+            mask = wanda_mask(weight_out_in(module), stats, sparsities[ctx.index], config.nm)
+            with torch.no_grad():
+                apply_mask_(weight_out_in(module), mask)
+            extra = {}
+        report.add_module(name, seconds=time.perf_counter() - tic, tokens=stats.tokens,
+                          shared_stats_with=ctx.shared.get(name), **extra)
 
+    def process_block(ctx: BlockContext) -> None:
+        for name in ctx.modules:
+            process_module(ctx, name)
+
+    by_module = config.sequential == "module"
     layer_sequential(
         model, calib.input_ids, calib.attention_mask,
-        select_modules=lambda i, _block: targets[i], make_stats=make_stats, process_block=process_block,
+        select_modules=lambda i, _block: targets[i], make_stats=make_stats,
+        process_block=None if by_module else process_block, process_module=process_module if by_module else None,
         batch_size=config.batch_size, device=device, progress=progress, description=f"{config.method}",
     )
 

@@ -14,6 +14,7 @@ from .pruning.masks import parse_pattern
 METHODS = ("magnitude", "wanda", "sparsegpt")
 GROUPS = ("layer", "row")
 SCHEDULES = ("uniform", "owl")
+SEQUENTIAL = ("module", "block")
 _RUNTIME_ONLY = ("dataset", "tokenizer")
 
 
@@ -36,6 +37,11 @@ class PrunerConfig:
         n_samples, seqlen, seed: calibration windows (count, tokens each, sampling seed).
         block_size, damping: SparseGPT's lazy-update block width and Hessian damping (x mean diagonal).
         batch_size: calibration windows per forward pass.
+        sequential: ``"module"`` (default): inside each block, every module's statistics are gathered
+            from inputs produced by the already-pruned modules before it (q/k/v, then o, then gate/up,
+            then down; GPTQ's "true sequential"), in one forward per block. ``"block"``: every module of
+            a block sees the dense block's inputs, then the block is recomputed (the SparseGPT and Wanda
+            reference code, and llm-compressor). Both propagate the error from block to block.
         dataset, tokenizer: calibration data for the ``from_pretrained`` hook (not serialized).
     """
 
@@ -58,6 +64,7 @@ class PrunerConfig:
     block_size: int = 128
     damping: float = 0.01
     batch_size: int = 8
+    sequential: str = "module"
     dataset: Any = None
     tokenizer: Any = None
 
@@ -65,6 +72,7 @@ class PrunerConfig:
         _one_of("method", self.method, METHODS)
         _one_of("group", self.group, GROUPS)
         _one_of("schedule", self.schedule, SCHEDULES)
+        _one_of("sequential", self.sequential, SEQUENTIAL)
         nm = parse_pattern(self.pattern)
         self.pattern = "unstructured" if nm is None else f"{nm[0]}:{nm[1]}"
         self._check_sparsity(nm)

@@ -4,13 +4,17 @@ One pass over the decoder blocks, as SparseGPT and Wanda do it: capture the firs
 (hidden states and every keyword argument: position embeddings, masks, cache positions) for all
 calibration windows; then for each block, hook its target modules, run the windows through the block
 to collect statistics of their inputs, let the caller prune (or score) the block, and recompute the
-block's outputs with the changed weights so the error propagates to the next block. Only one block's
-activations are resident; with ``device`` set, one block at a time is moved there and back.
+block's outputs with the changed weights so the error propagates to the next block (``process_block``,
+two forwards per block). With ``process_module`` the block runs once instead: all batches advance in
+lockstep (:mod:`.lockstep`) and each target module is processed as soon as every batch has reached it,
+so later modules of the block see the already-pruned earlier ones (GPTQ's "true sequential" order).
+Only one block's activations are resident; with ``device`` set, one block at a time is moved there and
+back.
 
 Padding never reaches statistics: each module's input rows are filtered by the window's token mask.
 
 Under ``torch.distributed`` (e.g. ``torchrun``/``accelerate launch``) the windows are split over the
-ranks (``windows[rank::world]``); every statistic is summed over ranks before ``process_block``, so
+ranks (``windows[rank::world]``); every statistic is summed over ranks before it is used, so
 all ranks prune with the same statistics and end with the same weights, equal (up to summation
 order) to a single-process run on all the windows. Each rank propagates only its own windows.
 """
@@ -18,6 +22,7 @@ order) to a single-process run on all the windows. Each rank propagates only its
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from .lockstep import run_in_lockstep
 from .models.table import decoder_layers
 
 logger = logging.getLogger(__name__)
@@ -69,7 +75,8 @@ def layer_sequential(
     *,
     select_modules: Callable[[int, nn.Module], dict[str, nn.Module]],
     make_stats: Callable[[str, nn.Module], Stats],
-    process_block: Callable[[BlockContext], None],
+    process_block: Callable[[BlockContext], None] | None = None,
+    process_module: Callable[[BlockContext, str], None] | None = None,
     batch_size: int = 8,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -83,8 +90,14 @@ def layer_sequential(
         make_stats: ``(name, module) -> stats`` with ``add_batch([tokens, in])``. Modules that read the
             very same input tensor (q/k/v; gate/up) share one stats object (``ctx.shared`` maps them).
         process_block: called after the block's statistics are complete; may change weights in place.
+            The block's outputs are then recomputed with the changed weights (two forwards per block).
+        process_module: instead of ``process_block``: called for each target module as soon as its
+            statistics are complete, where those statistics already see the changes made to the modules
+            before it in the block (module-sequential, one forward per block; see :mod:`.lockstep`).
         device: where to run; defaults to the device of the model's first parameter.
     """
+    if (process_block is None) == (process_module is None):
+        raise ValueError("give exactly one of process_block and process_module")
     layers = decoder_layers(model)
     run_device = torch.device(device) if device is not None else next(model.parameters()).device
     home = next(model.parameters()).device
@@ -97,11 +110,14 @@ def layer_sequential(
         block = layers[index].to(run_device)
         modules = select_modules(index, block)
         ctx = BlockContext(index, block, modules, {})
-        if modules:
-            _collect_stats(ctx, inputs, make_stats)
-            all_reduce_stats(ctx.stats.values())
-            process_block(ctx)
-        inputs.hidden = _run_block(block, inputs)
+        if modules and process_module is not None:
+            inputs.hidden = _module_sequential(ctx, inputs, make_stats, process_module)
+        else:
+            if modules:
+                _collect_stats(ctx, inputs, make_stats)
+                all_reduce_stats(ctx.stats.values())
+                process_block(ctx)
+            inputs.hidden = _run_block(block, inputs)
         layers[index].to(home)
     if run_device != home:
         _move_outside_layers(model, layers, home)
@@ -166,6 +182,39 @@ def _collect_stats(ctx: BlockContext, inputs: BlockInputs, make_stats) -> None:
             handle.remove()
     for name, owner in ctx.shared.items():
         ctx.stats.setdefault(name, ctx.stats[owner])
+
+
+def _module_sequential(ctx: BlockContext, inputs: BlockInputs, make_stats, process_module) -> list[torch.Tensor]:
+    """One lockstep forward of all batches; each module is processed before any batch computes with it."""
+    last_input: list[tuple[torch.Tensor, str] | None] = [None] * len(inputs.hidden)
+
+    def on_arrival(i: int, name: str, module: nn.Module, x: torch.Tensor) -> None:
+        if name not in ctx.shared:  # the first batch decides: same tensor as the previous gate -> shared stats
+            previous = last_input[i]
+            owner = previous[1] if previous is not None and previous[0] is x else name
+            ctx.shared[name] = owner
+            if owner == name:
+                ctx.stats[name] = make_stats(name, module)
+        last_input[i] = (x, ctx.shared[name])
+        if ctx.shared[name] == name:
+            ctx.stats[name].add_batch(_valid_rows(x, inputs.masks[i]))
+
+    def on_gate(name: str) -> None:
+        owner = ctx.shared[name]
+        if owner == name:
+            all_reduce_stats([ctx.stats[name]])
+        ctx.stats.setdefault(name, ctx.stats[owner])
+        process_module(ctx, name)
+
+    calls = [
+        functools.partial(ctx.block, hidden, *args, **kwargs)
+        for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs)
+    ]
+    outputs = run_in_lockstep(calls, ctx.modules, on_arrival, on_gate)
+    missed = sorted(set(ctx.modules) - set(ctx.stats))
+    if missed:
+        raise RuntimeError(f"target modules {missed} of block {ctx.index} received no input during calibration")
+    return [out[0] if isinstance(out, (tuple, list)) else out for out in outputs]
 
 
 def _valid_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ columns past the current block are applied lazily, once per block. Masks are cho
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,21 +20,45 @@ from .masks import apply_mask_, mask_lowest, mask_nm
 
 
 class HessianStats:
-    """Accumulates ``X^T X`` of a linear layer's inputs in fp32 over calibration tokens."""
+    """Accumulates ``X^T X`` of a linear layer's inputs in fp32 over calibration tokens.
+
+    Only the upper block triangle is computed (the matrix is symmetric): the columns are split into
+    ``k`` bands and band ``i`` accumulates ``X[:, band_i]^T X[:, start_i:]`` (one GEMM per band, about
+    ``(k + 1) / 2k`` of the full product's work). All bands live in one flat buffer, so a distributed
+    run reduces a single tensor. :attr:`xtx` assembles the full matrix.
+    """
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu"):
-        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        bands = min(8, max(1, math.ceil(in_features / 512)))
+        self._starts = [round(i * in_features / bands) for i in range(bands + 1)]
+        sizes = [(b - a) * (in_features - a) for a, b in zip(self._starts, self._starts[1:])]
+        self.packed = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
+        self._views = [
+            chunk.view(b - a, in_features - a)
+            for chunk, a, b in zip(self.packed.split(sizes), self._starts, self._starts[1:])
+        ]
         self.tokens = 0
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         """``inputs``: ``[tokens, in]`` activations of valid (non-padding) tokens."""
         x = inputs.float()
-        self.xtx.addmm_(x.t(), x)
+        for view, a, b in zip(self._views, self._starts, self._starts[1:]):
+            view.addmm_(x[:, a:b].t(), x[:, a:])
         self.tokens += x.shape[0]
+
+    @property
+    def xtx(self) -> torch.Tensor:
+        """The full symmetric ``X^T X`` (``[in, in]``, fp32), assembled from the bands."""
+        size = self._starts[-1]
+        full = torch.empty(size, size, dtype=torch.float32, device=self.packed.device)
+        for view, a, b in zip(self._views, self._starts, self._starts[1:]):
+            full[a:b, a:] = view
+            full[b:, a:b] = view[:, b - a :].t()
+        return full
 
     def hessian(self) -> torch.Tensor:
         """``2/n * X^T X`` (``[in, in]``, fp32)."""
-        return self.xtx * (2.0 / max(self.tokens, 1))
+        return self.xtx.mul_(2.0 / max(self.tokens, 1))
 
 
 @dataclass

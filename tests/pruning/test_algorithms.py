@@ -24,6 +24,18 @@ def _hessian(x):
     return stats.hessian()
 
 
+@pytest.mark.parametrize("d", [7, 576, 1100])
+def test_hessian_bands_assemble_the_full_symmetric_product(d):
+    x = torch.randn(300, d, generator=torch.Generator().manual_seed(d))
+    stats = HessianStats(d)
+    for chunk in x.split(128):
+        stats.add_batch(chunk)
+    ref = x.double().t() @ x.double()
+    torch.testing.assert_close(stats.xtx.double(), ref, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(stats.hessian().double(), ref * 2 / 300, rtol=1e-5, atol=1e-5)
+    assert stats.tokens == 300
+
+
 @pytest.mark.parametrize(
     "nm,sparsity", [(None, 0.5), (None, 0.3), ((2, 4), 0.5), ((4, 8), 0.5), ((1, 4), 0.75)]
 )
