@@ -188,7 +188,8 @@ def _module_sequential(ctx: BlockContext, inputs: BlockInputs, make_stats, proce
     """One lockstep forward of all batches; each module is processed before any batch computes with it."""
     last_input: list[tuple[torch.Tensor, str] | None] = [None] * len(inputs.hidden)
 
-    def on_arrival(i: int, name: str, module: nn.Module, x: torch.Tensor) -> None:
+    def on_arrival(i: int, name: str, module: nn.Module, x: torch.Tensor) -> bool:
+        """Feed the statistics; True when they are shared with a gate already processed (no wait)."""
         if name not in ctx.shared:  # the first batch decides: same tensor as the previous gate -> shared stats
             previous = last_input[i]
             owner = previous[1] if previous is not None and previous[0] is x else name
@@ -196,8 +197,10 @@ def _module_sequential(ctx: BlockContext, inputs: BlockInputs, make_stats, proce
             if owner == name:
                 ctx.stats[name] = make_stats(name, module)
         last_input[i] = (x, ctx.shared[name])
-        if ctx.shared[name] == name:
-            ctx.stats[name].add_batch(_valid_rows(x, inputs.masks[i]))
+        if ctx.shared[name] != name:
+            return True
+        ctx.stats[name].add_batch(_valid_rows(x, inputs.masks[i]))
+        return False
 
     def on_gate(name: str) -> None:
         owner = ctx.shared[name]
@@ -220,9 +223,9 @@ def _module_sequential(ctx: BlockContext, inputs: BlockInputs, make_stats, proce
 def _valid_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[B, T, in]`` -> ``[valid tokens, in]`` (all rows when the leading dims are not ``[B, T]``)."""
     flat = x.reshape(-1, x.shape[-1])
-    if x.shape[:-1] == mask.shape:
+    if x.shape[:-1] == mask.shape and not bool(mask.all()):
         return flat[mask.reshape(-1)]
-    return flat
+    return flat  # no padding: no copy
 
 
 def _run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:

@@ -41,7 +41,7 @@ class LockstepError(RuntimeError):
 def run_in_lockstep(
     calls: list[Callable[[], Any]],
     gates: Mapping[str, nn.Module],
-    on_arrival: Callable[[int, str, nn.Module, torch.Tensor], None],
+    on_arrival: Callable[[int, str, nn.Module, torch.Tensor], bool | None],
     on_gate: Callable[[str], None],
 ) -> list[Any]:
     """Run every ``calls[i]()`` (a forward, without grad) with a pause before each module of ``gates``.
@@ -49,7 +49,9 @@ def run_in_lockstep(
     Args:
         calls: one zero-argument forward per batch.
         gates: ``{name: module}``; each is a gate until ``on_gate(name)`` ran, then a plain module.
-        on_arrival: ``(batch index, name, module, first positional input)`` when a batch reaches a gate.
+        on_arrival: ``(batch index, name, module, first positional input)`` when a batch reaches a gate;
+            returning True means the gate needs no other batch (e.g. its statistics are shared with a
+            gate already processed): ``on_gate`` runs at once and no batch pauses there.
         on_gate: ``(name)`` once every batch has arrived at that gate.
     Returns: the calls' results, in order. An exception in a call or callback propagates.
     """
@@ -62,7 +64,10 @@ def run_in_lockstep(
         def pre_hook(module, args):
             if name in done:
                 return
-            on_arrival(current["index"], name, module, args[0])
+            if on_arrival(current["index"], name, module, args[0]):  # nothing to wait for
+                on_gate(name)
+                done.add(name)
+                return
             driver.switch(("gate", name))
 
         return pre_hook

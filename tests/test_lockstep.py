@@ -122,6 +122,23 @@ def test_lockstep_gates_every_batch_before_the_callback():
     assert len(out) == 3 and out[2].shape == (1, 3)
 
 
+def test_a_gate_ready_on_arrival_is_processed_at_once_without_pausing():
+    first, second = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    events = []
+
+    def on_arrival(i, name, _m, _x):
+        events.append(("arrive", name, i))
+        return name == "second"  # e.g. statistics shared with "first", already complete
+
+    def on_gate(name):
+        events.append(("gate", name))
+
+    calls = [functools.partial(lambda x: second(first(x)), torch.ones(1, 3)) for _ in range(3)]
+    run_in_lockstep(calls, {"first": first, "second": second}, on_arrival, on_gate)
+    assert events == [("arrive", "first", 0), ("arrive", "first", 1), ("arrive", "first", 2), ("gate", "first"),
+                      ("arrive", "second", 0), ("gate", "second")]
+
+
 def test_lockstep_reraises_a_batch_error_and_stops_every_thread():
     layer = torch.nn.Linear(3, 3)
 

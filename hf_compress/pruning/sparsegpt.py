@@ -29,7 +29,7 @@ class HessianStats:
     """
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu"):
-        bands = min(8, max(1, math.ceil(in_features / 512)))
+        bands = min(16, max(1, math.ceil(in_features / 256)))
         self._starts = [round(i * in_features / bands) for i in range(bands + 1)]
         sizes = [(b - a) * (in_features - a) for a, b in zip(self._starts, self._starts[1:])]
         self.packed = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
@@ -125,23 +125,24 @@ def sparsegpt_prune(
 
 
 def _prune_block(w, upper, mask, loss, start, end, sparsity, nm) -> torch.Tensor:
-    """Prune columns ``start:end`` in place, propagating inside the block; returns ``[out, end-start]`` errors."""
+    """Prune columns ``start:end`` in place, propagating inside the block; returns ``[out, end-start]`` errors.
+
+    Column ``j``'s error is ``w_j * pruned_j / d_j``; subtracting ``err (x) U[j, j:]`` (one rank-1 update)
+    also leaves column ``j`` at its kept value, since ``U[j, j] = d_j`` (pruned entries are zeroed at the end).
+    """
     block = w[:, start:end]
     u = upper[start:end, start:end]
     d = u.diagonal()
     block_mask = mask[:, start:end]
     if nm is None:
         block_mask.copy_(mask_lowest(block.pow(2) / d.pow(2), sparsity, "layer"))
-    errors = torch.zeros_like(block)
+    errors = torch.empty_like(block)
     for j in range(block.shape[1]):
         if nm is not None and j % nm[1] == 0:
             cols = slice(j, j + nm[1])
             block_mask[:, cols] = mask_nm(block[:, cols].pow(2) / d[cols].pow(2), *nm)
-        col = block[:, j]
-        kept = torch.where(block_mask[:, j], torch.zeros_like(col), col)
-        err = (col - kept) / d[j]
-        loss += err.pow(2) / 2
-        block[:, j:] -= err.unsqueeze(1) * u[j, j:].unsqueeze(0)
-        block[:, j] = kept
-        errors[:, j] = err
+        err = errors[:, j]
+        torch.mul(block[:, j], block_mask[:, j], out=err).div_(d[j])
+        block[:, j:].addr_(err, u[j, j:], alpha=-1.0)
+    loss += errors.pow(2).sum(dim=1) / 2
     return errors
