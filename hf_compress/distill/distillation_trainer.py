@@ -367,7 +367,7 @@ class DistillationTrainer(SFTTrainer):
     def _distill_loss(self, model, inputs, num_items_in_batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         teacher = None if self._offline else self._teacher_pass(inputs)
         if self._classifier:
-            return self._classifier_loss(model, inputs, teacher, num_items_in_batch), None
+            return self._classifier_loss(model, inputs, teacher, num_items_in_batch)
         inner = self.accelerator.unwrap_model(model)
         if not self._student_head_registered:  # ZeRO-3: gather the head for the whole redirected forward
             register_external(inner, head_parameters(inner))
@@ -448,8 +448,10 @@ class DistillationTrainer(SFTTrainer):
         return total
 
     # ------------------------------------------------------------ classifier
-    def _classifier_loss(self, model, inputs, teacher: _TeacherOut, num_items_in_batch) -> torch.Tensor:
-        """Per-example logit KD + CE for sequence classifiers, plus feature terms."""
+    def _classifier_loss(
+        self, model, inputs, teacher: _TeacherOut, num_items_in_batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example logit KD + CE for sequence classifiers, plus feature terms; and the ``[B, labels]`` logits."""
         args, hf = self.args, unwrap_peft(self.accelerator.unwrap_model(model))
         s_hidden = [s for s, _ in self._layer_map] if args.feature_weight > 0 else []
         s_attn = [s for s, _ in self._layer_map] if args.attention_weight > 0 else []
@@ -485,7 +487,7 @@ class DistillationTrainer(SFTTrainer):
                 out.hidden_states[-1], teacher.hidden, mask, num_items_in_batch, logs
             )
         self._log(logs)
-        return total
+        return total, logits
 
     def _features(
         self, got: Captured, teacher: _TeacherOut | None, rows, weights, count, logs
