@@ -258,7 +258,6 @@ def smollm2_dir(request) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.unverified
 def test_smollm2_agrees_with_independent_reference(smollm2_dir, shared_data):
     """Issue 2 item 4: within 0.1% of scripts/reference_ppl.py on 64 x 512 tokens of WikiText-2 test."""
     spec = importlib.util.spec_from_file_location("reference_ppl", ROOT / "scripts" / "reference_ppl.py")

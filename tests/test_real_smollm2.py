@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hf_compress as hfc
 from hf_compress.evaluate import perplexity
 
-pytestmark = [pytest.mark.slow, pytest.mark.unverified]
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,8 @@ def test_real_2of4_pruning_on_real_text(smollm2, shared_data, method):
     config = hfc.PrunerConfig(method=method, pattern="2:4", n_samples=16, seqlen=512)
     hfc.prune(model, config, dataset=shared_data / "wikitext-2" / "valid.txt", tokenizer=tok, progress=False)
     report = hfc.sparsity_report(model)
-    assert report.pattern_holds("2:4") and report.total == pytest.approx(0.5, abs=1e-6)
+    # 2:4 zeros half of every group; weights that were already exactly 0 in the dense model may add a few
+    assert report.pattern_holds("2:4") and 0.5 <= report.total < 0.5 + 1e-4
     assert model.hf_compress_report.cholesky_retries == 0
     pruned = _ppl(model, tok, shared_data)
     magnitude = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 # ~8.5 min on the shared 2-core machine (load ~13); not yet timed on a quiet one
-pytestmark = [pytest.mark.slow, pytest.mark.optimum, pytest.mark.unverified]
+pytestmark = [pytest.mark.slow, pytest.mark.optimum]
 
 
 def test_smollm2_optimum_export_int8(optimum_python, smollm2_path, tmp_path):

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hf_compress as hfc
 from hf_compress.recover import RecoveryConfig, recover_with_lora
 
-pytestmark = [pytest.mark.slow, pytest.mark.unverified]
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.mark.parametrize("loss", ["lm", "kd"])

@@ -11,7 +11,6 @@ from hf_compress.structured import StructuredConfig, prune_structured
 
 
 @pytest.mark.slow
-@pytest.mark.unverified
 def test_smollm2_quarter_removed_reloads_plain(smollm2_path, shared_data, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
