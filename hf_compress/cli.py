@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 _SKIP_FIELDS = {"dataset", "tokenizer"}
+_NOT_KEYS = {"handler", "config", "command", "quiet", "help"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,6 +191,12 @@ def merged_options(args) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if getattr(args, "config", None):
         loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {args.config}: expected a flat mapping of flag names to values")
+        known = set(vars(args))  # argparse sets every flag's dest, given or not
+        unknown = sorted(k for k in (key.replace("-", "_") for key in loaded) if k not in known)
+        if unknown:
+            raise ValueError(f"--config {args.config}: unknown key(s) {unknown}; allowed: {sorted(known - _NOT_KEYS)}")
         opts.update({k.replace("-", "_"): v for k, v in loaded.items()})
     opts.update({k: v for k, v in vars(args).items() if v is not None and k not in ("handler", "config", "command")})
     return opts

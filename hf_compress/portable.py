@@ -91,9 +91,18 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+def _usual_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 and some writers make 0600 files: give everything the umask's usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [folder, *folder.rglob("*")]:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     """Rename the finished ``tmp`` folder to ``path`` (moving an old one aside first)."""
-    tmp.chmod(0o755)  # mkdtemp makes 0700; give the published folder the usual permissions
+    _usual_permissions(tmp)
     old = None
     if path.exists() or path.is_symlink():
         check_output_path(path, overwrite)  # someone else may have written it meanwhile

@@ -9,6 +9,7 @@ Strings may use ``{data}`` for the data folder (``HF_COMPRESS_DATA``, else ``../
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -129,7 +130,8 @@ def _check_dataset(params: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: 'dataset' is required (a local file/folder or a Hub dataset name)")
     looks_local = isinstance(dataset, str) and (os.sep in dataset or Path(dataset).suffix)
     if looks_local and not Path(dataset).exists():
-        raise FileNotFoundError(f"{where}: dataset file {dataset!r} does not exist")
+        hint = "" if os.environ.get("HF_COMPRESS_DATA") else " (recipes read '{data}' from HF_COMPRESS_DATA, else ../shared/data)"
+        raise FileNotFoundError(f"{where}: dataset file {dataset!r} does not exist{hint}")
 
 
 def run_recipe(recipe: Recipe, *, progress: bool = True) -> Path:
@@ -190,6 +192,10 @@ def _validate_prune(params: dict[str, Any]) -> None:
     from .config import PrunerConfig
 
     settings = {k: v for k, v in params.items() if k not in ("dataset", "text_field", "progress")}
+    allowed = {f.name for f in dataclasses.fields(PrunerConfig)} - {"tokenizer"}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ValueError(f"prune: unknown key(s) {unknown}; allowed: {sorted(allowed | {'text_field'})}")
     config = PrunerConfig(**settings)
     if config.needs_calibration:
         _check_dataset(params, "prune")

@@ -376,3 +376,18 @@ def test_missing_compat_interpreter_fails_clearly(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_COMPRESS_SKIP_COMPAT", "1")
     with pytest.raises(pytest.skip.Exception):
         compat_python()
+
+
+def test_published_folder_gets_the_usual_permissions(tmp_path):
+    from hf_compress.portable import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            secret = tmp / "model.safetensors"
+            secret.write_bytes(b"x")
+            secret.chmod(0o600)  # as some writers leave their files
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "model.safetensors").stat().st_mode & 0o777 == 0o644

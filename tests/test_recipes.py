@@ -195,3 +195,29 @@ def test_cli_config_file_with_flag_override(tiny_folder, tmp_path, shared_data):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "o")
     assert sparsity_report(model).total == pytest.approx(0.6, abs=0.01)
     assert torch.isfinite(model(input_ids=torch.tensor([[3, 4, 5]])).logits).all()
+
+
+def test_config_file_typo_is_refused(tiny_folder, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sparsty: 0.5\n")
+    code = main(["prune", "--quiet", "--config", str(cfg), "--model", str(tiny_folder), "--output-dir",
+                 str(tmp_path / "o"), "--dataset", "x.txt"])  # fmt: skip
+    assert code == 2 and "unknown key(s) ['sparsty']" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_model_folder_and_near_miss_fetch_name(tmp_path, capsys):
+    for model, message in ((str(tmp_path / "no" / "such"), "no such folder"),
+                           ("smollm2-136m-instruct", "did you mean 'smollm2-135m-instruct'")):  # fmt: skip
+        code = main(["eval", "--model", model, "--dataset", "x.txt"])
+        assert code == 2 and message in capsys.readouterr().err
+
+
+def test_recipe_stage_typo_is_refused(tiny_folder, tmp_path, shared_data):
+    from hf_compress.recipes import Recipe, run_recipe
+
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['datset'\]"):
+        recipe = Recipe(name="r", model=str(tiny_folder), output_dir=str(tmp_path / "o"),
+                        stages=[{"prune": {"method": "wanda", "datset": "x.txt"}}])  # fmt: skip
+        run_recipe(recipe, progress=False)
+    assert not (tmp_path / "o").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,24 @@ def resolve_model(name_or_path: str) -> tuple[str, str]:
 
     if name_or_path in KNOWN_MODELS:
         return str(fetch_model(name_or_path)), KNOWN_MODELS[name_or_path].hub_id
+    _check_exists(str(name_or_path), sorted(KNOWN_MODELS))
     return name_or_path, _base_id(name_or_path)
+
+
+def _check_exists(name_or_path: str, known: list[str]) -> None:
+    """Refuse a local path that does not exist, or a near miss of a fetch name, before any download."""
+    if Path(name_or_path).exists():
+        return
+    known_text = ", ".join(known)
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        raise FileNotFoundError(
+            f"model={name_or_path!r}: no such folder. Give an existing model folder, a Hub id, "
+            f"or a fetch name ({known_text})"
+        )
+    close = difflib.get_close_matches(name_or_path, known, n=1, cutoff=0.8)
+    if close:
+        raise ValueError(f"model={name_or_path!r} is not a fetch name; did you mean {close[0]!r}? ({known_text})")
 
 
 def _base_id(name_or_path: str) -> str:
