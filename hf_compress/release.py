@@ -102,7 +102,8 @@ def _relation(state) -> str:
 def _load_note(state) -> str:
     if getattr(state.model, "hf_quantizer", None) is not None:
         return (
-            "The weights are stored in hf-compress's compact format: run `import hf_compress` before "
+            "The weights are stored in hf-compress's compact format (sparse layouts, losslessly "
+            "byte-plane coded): run `import hf_compress` before "
             "`from_pretrained` (transformers>=5.25); plain transformers stops with a message saying so."
         )
     return (

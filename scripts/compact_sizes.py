@@ -2,8 +2,9 @@
 """Compact sparse checkpoints against dense ones, on a real model, in fp32 and bf16.
 
 For each pattern (2:4 and 50 % unstructured) the model is pruned while loading
-(``from_pretrained(quantization_config=PrunerConfig(...))``, SparseGPT), then saved compact and
-dense (``quantization_config.compact = False``) in fp32, and again in bf16 after reloading the
+(``from_pretrained(quantization_config=PrunerConfig(...))``, SparseGPT), then saved compact with
+byte-plane coding (the default), compact without it (``entropy_coding = False``) and dense
+(``compact = False``) in fp32, and again in bf16 after reloading the
 compact fp32 folder with ``dtype=torch.bfloat16``. Each folder is reloaded and
 compared with the in-memory model (max |logit difference| and bit equality of every tensor).
 Finally plain transformers, without ``import hf_compress``, is asked to load a compact folder in a
@@ -91,32 +92,39 @@ def prune_at_load(path: Path, pattern: str, args: argparse.Namespace) -> tuple[A
     return model, time.perf_counter() - start
 
 
-def save_both(model: Any, root: Path, tag: str) -> dict[str, Path]:
-    """Save ``model`` compact and dense under ``root``; leave it compact."""
-    folders = {"compact": root / f"{tag}-compact", "dense": root / f"{tag}-dense"}
-    model.config.quantization_config.compact = True
-    model.save_pretrained(folders["compact"])
-    model.config.quantization_config.compact = False
-    model.save_pretrained(folders["dense"])
-    model.config.quantization_config.compact = True
-    return folders
+VARIANTS = {"compact": (True, True), "compact_uncoded": (True, False), "dense": (False, False)}
+"""Folder -> (``compact``, ``entropy_coding``) of the record when saving it."""
+
+
+def save_variants(model: Any, root: Path, tag: str) -> dict[str, dict[str, Any]]:
+    """Save ``model`` in every :data:`VARIANTS` layout under ``root`` (timed); leave it compact and coded."""
+    record, saved = model.config.quantization_config, {}
+    for name, (compact, coding) in VARIANTS.items():
+        record.compact, record.entropy_coding = compact, coding
+        start = time.perf_counter()
+        model.save_pretrained(root / f"{tag}-{name}")
+        saved[name] = {"folder": root / f"{tag}-{name}", "save_seconds": time.perf_counter() - start}
+    record.compact, record.entropy_coding = True, True
+    return saved
 
 
 def measure_dtype(model: Any, root: Path, tag: str, dtype: torch.dtype, ids: torch.Tensor) -> dict[str, Any]:
-    folders = save_both(model, root, tag)
-    (dense_file, dense_blocks), (compact_file, compact_blocks) = sizes(folders["dense"]), sizes(folders["compact"])
-    row = {
-        "dense_file": dense_file, "compact_file": compact_file, "file_ratio": dense_file / compact_file,
-        "dense_blocks": dense_blocks, "compact_blocks": compact_blocks, "block_ratio": dense_blocks / compact_blocks,
-        "reload_compact": compare(model, folders["compact"], dtype, ids),
-        "reload_dense": compare(model, folders["dense"], dtype, ids),
-        "folder": str(folders["compact"]),
-    }  # fmt: skip
-    log(
-        f"{tag}: file {dense_file:,} -> {compact_file:,} B ({row['file_ratio']:.3f}x); decoder blocks "
-        f"{dense_blocks:,} -> {compact_blocks:,} B ({row['block_ratio']:.3f}x); reload compact "
-        f"{row['reload_compact']}, dense {row['reload_dense']}"
-    )
+    saved = save_variants(model, root, tag)
+    row: dict[str, Any] = {"folder": str(saved["compact"]["folder"])}
+    dense_file, dense_blocks = sizes(saved["dense"]["folder"])
+    for name, entry in saved.items():
+        file, blocks = sizes(entry["folder"])
+        start = time.perf_counter()
+        reload = compare(model, entry["folder"], dtype, ids)
+        row[name] = {
+            "file": file, "blocks": blocks, "file_ratio": dense_file / file, "block_ratio": dense_blocks / blocks,
+            "save_seconds": entry["save_seconds"], "reload_and_compare_seconds": time.perf_counter() - start,
+            "reload": reload,
+        }  # fmt: skip
+        log(
+            f"{tag} {name}: file {file:,} B ({dense_file / file:.3f}x of dense); decoder blocks {blocks:,} B "
+            f"({dense_blocks / blocks:.3f}x); saved in {entry['save_seconds']:.1f} s; reload {reload}"
+        )
     return row
 
 

@@ -17,6 +17,9 @@ Pieces:
 * :class:`HfCompressQuantizer` prunes after the weights load (plain checkpoint) or rebuilds
   per-layer shapes and decodes compact weights (hf-compress checkpoint), and writes the compact
   state dict on ``save_pretrained``. Models it returns are dense in memory and trainable.
+* Storage: each sparse projection in its smallest exact layout (:mod:`hf_compress.compact`), then
+  every large floating tensor byte-plane coded (:mod:`hf_compress.byte_planes`, lossless; off with
+  ``entropy_coding=False``). SmolLM2-135M at 50 %: 2.04x smaller than dense in fp32, 2.13x in bf16.
 * No silent wrong models: a checkpoint that needs the plugin stores compacted weights under their
   usual names with shapes no plain loader accepts, and its ``config.json`` names the plugin in
   ``transformers_weights`` so plain transformers (4.57 and 5.x) stops with that text before loading.
@@ -45,6 +48,7 @@ from packaging.version import Version
 from transformers.quantizers import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..coded_state import code_state_dict, decode_into, model_dtypes, without_aliases
 from ..compact import BITMASK, add_compact_slots, compact_state_dict, parse_nm, restore_dense
 from ..config import PrunerConfig
 from ..heterogeneous import apply_recorded_layers, layers_to_record
@@ -53,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 QUANT_METHOD = "hf_compress"
 MIN_TRANSFORMERS = "5.25"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MARKER_KEY = "transformers_weights"
 MARKER = (
     "[hf-compress checkpoint] these weights are stored compactly and/or with per-layer shapes, which "
@@ -61,7 +65,17 @@ MARKER = (
     f"`import hf_compress` before from_pretrained (needs transformers>={MIN_TRANSFORMERS}); "
     "or ask the author for the dense export."
 )
-_SERIALIZED = ("quant_method", "format_version", "compact", "pruning", "modules", "layers", "sparsity")
+_SERIALIZED = (
+    "quant_method",
+    "format_version",
+    "compact",
+    "entropy_coding",
+    "pruning",
+    "modules",
+    "coded",
+    "layers",
+    "sparsity",
+)
 
 
 class HfCompressConfig(QuantizationConfigMixin):
@@ -70,7 +84,10 @@ class HfCompressConfig(QuantizationConfigMixin):
     Args:
         pruning: the ``PrunerConfig.to_dict()`` that was applied (``None`` if none).
         compact: store sparse projections compactly on ``save_pretrained`` (default) or dense.
+        entropy_coding: with ``compact``, also byte-plane code every large floating tensor
+            (:mod:`hf_compress.byte_planes`, lossless) where that makes it smaller (default).
         modules: ``{module name: "bitmask" | "N:M"}`` of the compacted projections (set on save).
+        coded: names of the tensors stored byte-plane coded (set on save).
         layers: per-block ``{"num_heads", "num_kv_heads", "head_dim", "ffn"}`` when the blocks differ
             from what the global config builds (structured pruning; set on save), else ``None``.
         sparsity: realised sparsity of the decoder projections (at pruning, then at each save).
@@ -82,6 +99,8 @@ class HfCompressConfig(QuantizationConfigMixin):
         pruning: dict[str, Any] | None = None,
         compact: bool = True,
         modules: dict[str, str] | None = None,
+        entropy_coding: bool = True,
+        coded: list[str] | None = None,
         layers: list[dict[str, int]] | None = None,
         sparsity: float | None = None,
         format_version: int = FORMAT_VERSION,
@@ -91,6 +110,8 @@ class HfCompressConfig(QuantizationConfigMixin):
         self.quant_method = quant_method
         self.format_version = format_version
         self.compact = compact
+        self.entropy_coding = entropy_coding
+        self.coded = sorted(coded or [])
         self.pruner = pruner
         self.pruning = pruner.to_dict() if pruning is None and pruner is not None else pruning
         self.modules = dict(modules or {})
@@ -106,8 +127,9 @@ class HfCompressConfig(QuantizationConfigMixin):
                 f"format_version={self.format_version!r}: this checkpoint was written by a newer hf-compress "
                 f"(this one reads format {FORMAT_VERSION}); upgrade with `pip install -U hf-compress`"
             )
-        if not isinstance(self.compact, bool):
-            raise ValueError(f"compact={self.compact!r} must be True or False")
+        for field in ("compact", "entropy_coding"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{field}={getattr(self, field)!r} must be True or False")
         if self.pruner is not None and not isinstance(self.pruner, PrunerConfig):
             raise TypeError(f"pruner must be a hf_compress.PrunerConfig, got {type(self.pruner).__name__}")
         for name, fmt in self.modules.items():
@@ -134,7 +156,7 @@ class HfCompressConfig(QuantizationConfigMixin):
     @property
     def needs_plugin(self) -> bool:
         """True when plain transformers cannot load the saved checkpoint (compacted or per-layer shapes)."""
-        return bool(self.modules or self.layers)
+        return bool(self.modules or self.layers or self.coded)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: copy.deepcopy(getattr(self, key)) for key in _SERIALIZED}
@@ -164,6 +186,7 @@ class HfCompressQuantizer(HfQuantizer):
             )
         super().__init__(quantization_config, **kwargs)
         self._dense_shapes: dict[str, tuple[int, int]] = {}
+        self._coded_dtypes: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ before loading
 
@@ -200,21 +223,26 @@ class HfCompressQuantizer(HfQuantizer):
             if config.layers:
                 apply_recorded_layers(model, config.layers)
             self._dense_shapes = add_compact_slots(model, config.modules)
+            self._coded_dtypes = model_dtypes(model, config.coded)
         return model
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
-        """Compacted weights and their indices arrive in their stored shapes (no size-mismatch error)."""
+        """Compacted weights, their indices and coded streams arrive in their stored shapes (no size-mismatch error)."""
         if not self.pre_quantized:
             return False
         module, _, attr = param_name.rpartition(".")
-        return module in self._dense_shapes and (attr == "weight" or attr.startswith("weight_"))
+        compacted = module in self._dense_shapes and (attr == "weight" or attr.startswith("weight_"))
+        return compacted or param_name in self._coded_dtypes
 
     # ------------------------------------------------------------------ after loading
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         config = self.quantization_config
         if self.pre_quantized:
+            decode_into(model, self._coded_dtypes)
             restore_dense(model, config.modules, self._dense_shapes)
+            if self._coded_dtypes:
+                model.tie_weights()  # tied copies were tied to the coded streams while loading
         else:
             self._prune(model)
         model.config.quantization_config = config
@@ -243,6 +271,9 @@ class HfCompressQuantizer(HfQuantizer):
         state_dict, config.modules = (
             compact_state_dict(model, _pattern(config)) if config.compact else (None, {})
         )
+        config.coded = []
+        if config.compact and config.entropy_coding:
+            state_dict, config.coded = code_state_dict(without_aliases(state_dict, model))
         if config.needs_plugin and _config_written_by_this_save(model):
             _stop_plain_loaders_on_next_save(model.config)
         return state_dict, {}
@@ -367,7 +398,9 @@ def register() -> None:
         auto.register_quantizer(QUANT_METHOD)(quantizer)
 
 
-def attach_quantizer(model: Any, pruner: PrunerConfig | None = None, *, compact: bool = True) -> Any:
+def attach_quantizer(
+    model: Any, pruner: PrunerConfig | None = None, *, compact: bool = True, entropy_coding: bool = True
+) -> Any:
     """Give a model pruned in memory (``prune()``, structured surgery) the hook's saving behaviour.
 
     After this, ``model.save_pretrained`` writes compact weights / per-layer shapes and the record,
@@ -381,7 +414,7 @@ def attach_quantizer(model: Any, pruner: PrunerConfig | None = None, *, compact:
         raise ValueError(
             f"model is already quantized with {type(existing).__name__}; cannot attach hf_compress"
         )
-    config = HfCompressConfig(pruner=pruner, compact=compact)
+    config = HfCompressConfig(pruner=pruner, compact=compact, entropy_coding=entropy_coding)
     config.pruner = None  # the calibration data is not needed any more
     quantizer = HfCompressQuantizer(config, pre_quantized=False)
     model.hf_quantizer = quantizer

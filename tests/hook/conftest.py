@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_compress import byte_planes
 from hf_compress.integrations.transformers import register
 from tests.tiny_models import save_tiny_causal_lm, tiny_gpt2, tiny_qwen2
 
@@ -17,6 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 def _registered():
     """``import hf_compress`` registers the hook; call it explicitly so the tests do not depend on that."""
     register()
+
+
+@pytest.fixture(autouse=True)
+def _code_tiny_tensors(monkeypatch):
+    """Byte-plane code tensors of tiny models too (the real threshold skips everything a tiny model has)."""
+    monkeypatch.setattr(byte_planes, "MIN_NUMEL", 256)
 
 
 @pytest.fixture(scope="session")

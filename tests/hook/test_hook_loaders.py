@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import hf_compress
+from hf_compress import byte_planes
 from hf_compress.heterogeneous import layers_to_record
 from hf_compress.integrations.transformers import MARKER_KEY, MIN_TRANSFORMERS, attach_quantizer
 from hf_compress.models import surgery
@@ -37,7 +38,9 @@ CHILD = Path(__file__).with_name("loader_child.py")
 
 
 def run_child(python: str, tasks: list[dict]) -> dict[str, dict]:
-    tasks = [{key: str(value) if isinstance(value, Path) else value for key, value in t.items()} for t in tasks]
+    tasks = [
+        {key: str(value) if isinstance(value, Path) else value for key, value in t.items()} for t in tasks
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [python, str(CHILD), json.dumps(tasks)],
@@ -83,7 +86,8 @@ def strip_marker(source: Path, target: Path) -> None:
 def saved(tiny_dir, tmp_path_factory):
     """``compact`` (2:4), ``record_dense`` (the same weights dense, record kept), ``dense`` / ``portable``
     (dequantized), ``per_layer`` (heterogeneous, dense weights), ``uniform`` (uniform structured, no
-    hook) and ``stripped`` (compact without the note); ``*.pt`` hold reference logits."""
+    hook), ``stripped`` (compact without the note) and ``coded`` (dense weights, byte-plane coded: only
+    the coding needs the plugin); ``*.pt`` hold reference logits."""
     root = tmp_path_factory.mktemp("loaders")
     config = hf_compress.PrunerConfig(method="magnitude", pattern="2:4", sparsity=None)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir["llama"], quantization_config=config)
@@ -101,6 +105,12 @@ def saved(tiny_dir, tmp_path_factory):
     save_pretrained_portable(uniform, None, root / "uniform")
     save_logits(uniform, root / "uniform.pt")
     strip_marker(root / "compact", root / "stripped")
+    coded = AutoModelForCausalLM.from_pretrained(tiny_dir["llama"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(byte_planes, "MIN_NUMEL", 256)
+        attach_quantizer(coded).save_pretrained(root / "coded")
+    assert json.loads((root / "coded" / "config.json").read_text())["quantization_config"]["coded"]
+    save_logits(coded, root / "coded.pt")
     return root
 
 
@@ -117,12 +127,14 @@ def plain(saved):
         [
             task(saved, "compact"),
             task(saved, "per_layer"),
+            task(saved, "coded"),
             task(saved, "stripped"),
             task(saved, "dense", logits="logits.pt"),
             task(saved, "record_dense", logits="logits.pt"),
             {"name": "registered", "kind": "registered"},
             task(saved, "plugin_compact", "compact", logits="logits.pt", plugin=True),
             task(saved, "plugin_per_layer", "per_layer", plugin=True),
+            task(saved, "plugin_coded", "coded", logits="coded.pt", plugin=True),
         ],
     )
 
@@ -135,6 +147,7 @@ def compat(saved, tiny_dir, compat_python):
         [
             task(saved, "compact"),
             task(saved, "per_layer"),
+            task(saved, "coded"),
             task(saved, "portable", logits="logits.pt"),
             task(saved, "uniform", logits="uniform.pt"),
             task(saved, "record_dense", logits="logits.pt"),
@@ -148,7 +161,7 @@ def compat(saved, tiny_dir, compat_python):
     )
 
 
-@pytest.mark.parametrize("name", ["compact", "per_layer"])
+@pytest.mark.parametrize("name", ["compact", "per_layer", "coded"])
 def test_plain_transformers_stops_and_names_the_plugin(plain, name):
     result = plain[name]
     assert not result["ok"] and not result["plugin"]
@@ -166,22 +179,29 @@ def test_dense_saves_load_without_the_plugin(plain, name):
 
 
 def test_import_registers_the_hook_idempotently(plain):
-    assert plain["registered"] == {"ok": True, "config": "HfCompressConfig", "quantizer": "HfCompressQuantizer"}
+    assert plain["registered"] == {
+        "ok": True,
+        "config": "HfCompressConfig",
+        "quantizer": "HfCompressQuantizer",
+    }
 
 
 def test_after_import_a_fresh_interpreter_reloads_exactly(plain):
     assert plain["plugin_compact"] == {"ok": True, "plugin": True, "quantized": True, "maxdiff": 0.0}
     assert plain["plugin_per_layer"]["ok"]
+    assert plain["plugin_coded"] == {"ok": True, "plugin": True, "quantized": True, "maxdiff": 0.0}
 
 
-@pytest.mark.parametrize("name", ["compact", "per_layer"])
+@pytest.mark.parametrize("name", ["compact", "per_layer", "coded"])
 def test_transformers_457_stops_on_our_checkpoints(compat, name):
     result = compat[name]
     assert not result["ok"] and not result["plugin"]
     assert "import hf_compress" in result["error"] and f"transformers>={MIN_TRANSFORMERS}" in result["error"]
 
 
-@pytest.mark.parametrize("name", ["portable", "uniform", "record_dense", "plugin_record_dense", "plugin_uniform"])
+@pytest.mark.parametrize(
+    "name", ["portable", "uniform", "record_dense", "plugin_record_dense", "plugin_uniform"]
+)
 def test_transformers_457_loads_dense_and_uniform_checkpoints(compat, name):
     result = compat[name]
     assert result["ok"], result

@@ -121,6 +121,33 @@ def test_compact_projections_are_1_6x_smaller(tiny_dir, tmp_path, dtype, pattern
     assert_same_model(model, reloaded)
 
 
+def test_byte_plane_coding_is_lossless_keeps_ties_and_honours_dtype(tiny_dir, tmp_path):
+    from safetensors import safe_open
+
+    model = prune_at_load(tiny_dir["llama"], pattern="2:4", sparsity=None)
+    model.save_pretrained(tmp_path / "coded")
+    model.config.quantization_config.entropy_coding = False
+    model.save_pretrained(tmp_path / "plain")
+    coded = json.loads((tmp_path / "coded" / "config.json").read_text())["quantization_config"]["coded"]
+    plain = json.loads((tmp_path / "plain" / "config.json").read_text())["quantization_config"]
+    assert "model.embed_tokens.weight" in coded and "lm_head.weight" not in coded
+    assert any(name.endswith("mlp.up_proj.weight") for name in coded) and plain["coded"] == []
+    with safe_open(str(tmp_path / "coded" / "model.safetensors"), "pt") as f:
+        names = list(f.keys())  # safe_open handles do not support `in`
+        assert "lm_head.weight" not in names
+        assert f.get_slice("model.embed_tokens.weight").get_dtype() == "U8"
+    assert block_bytes(tmp_path / "coded")[1] < block_bytes(tmp_path / "plain")[1]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "coded")
+    assert_same_model(model, reloaded)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    half = [
+        AutoModelForCausalLM.from_pretrained(tmp_path / name, dtype=torch.bfloat16)
+        for name in ("coded", "plain")
+    ]
+    assert half[0].dtype == torch.bfloat16
+    assert_same_model(*half)
+
+
 def test_calibrated_pruning_at_load(tiny_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir["llama"])
     model = prune_at_load(

@@ -86,9 +86,9 @@ def test_compact_checkpoint_sizes(pruned, bits):
         f"\nSmolLM2-135M 2:4 {'fp32' if bits == 32 else 'bf16'}: file {size(dense):,} -> {size(compact):,} B "
         f"({whole:.3f}x); decoder blocks {size(dense, True):,} -> {size(compact, True):,} B ({blocks:.3f}x)"
     )
-    assert blocks >= 1.6
-    # 21 % of SmolLM2's parameters are the tied embedding, never pruned: the whole file gains less
-    assert whole > (1.55 if bits == 32 else 1.5)
+    # 21 % of SmolLM2's parameters are the tied embedding, never pruned: without byte-plane coding the
+    # whole file would be only 1.587x (fp32) / 1.527x (bf16) smaller; the coding (lossless) closes that
+    assert blocks >= 2.0 and whole >= 1.6
 
 
 def test_reload_is_exact_and_trains(pruned, tmp_path):
@@ -103,7 +103,10 @@ def test_reload_is_exact_and_trains(pruned, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(root / "dense16", dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(half(ids).logits, again(ids).logits)
-    assert all(torch.equal(a, b) for a, b in zip(half.state_dict().values(), again.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(half.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     before = reloaded.model.layers[0].mlp.down_proj.weight.detach().clone()
     loss = train_one_step(reloaded, ids, tmp_path)
     print(f"\nTrainer step on the reloaded 2:4 SmolLM2-135M: loss {loss:.4f}")
@@ -157,7 +160,9 @@ def test_heterogeneous_structured_round_trip(smollm2_path, tmp_path):
     attach_quantizer(model, pruner).save_pretrained(tmp_path / "out")
     record = json.loads((tmp_path / "out" / "config.json").read_text())
     assert MARKER_KEY in record and record["quantization_config"]["layers"][3]["num_kv_heads"] == 2
-    assert record["num_hidden_layers"] == 28 and set(record["quantization_config"]["modules"].values()) == {"bitmask"}
+    assert record["num_hidden_layers"] == 28 and set(record["quantization_config"]["modules"].values()) == {
+        "bitmask"
+    }
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert surgery.layer_shapes(reloaded) == surgery.layer_shapes(model)
     ids = AutoTokenizer.from_pretrained(smollm2_path)(TEXT, return_tensors="pt").input_ids
