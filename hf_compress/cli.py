@@ -170,20 +170,32 @@ def _run(args) -> int:
 
 
 def add_dataclass_flags(p: argparse.ArgumentParser, cls, skip: set[str] = frozenset()) -> None:
-    """One ``--flag`` per dataclass field (str/int/float/bool, lists as repeated values); default None."""
+    """One ``--flag`` per dataclass field (str/int/float/bool, lists as repeated values); default None.
+
+    The help shows the dataclass default; ``cls.CHOICES`` (``{field: allowed values}``), if any,
+    becomes argparse ``choices``.
+    """
+    choices = getattr(cls, "CHOICES", {})
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
+        help_text = f"default: {_field_default(f)}"
         if "list" in kind:
             value_type = float if "float" in kind else str
-            p.add_argument(flag, nargs="+", type=value_type, default=None)
+            p.add_argument(flag, nargs="+", type=value_type, default=None, help=help_text)
         elif kind.startswith("bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             value_type = int if kind.startswith("int") else float if "float" in kind else str
-            p.add_argument(flag, type=value_type, default=None)
+            p.add_argument(flag, type=value_type, default=None, choices=choices.get(f.name), help=help_text)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"
 
 
 def merged_options(args) -> dict[str, Any]:

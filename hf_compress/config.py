@@ -47,6 +47,9 @@ class PrunerConfig:
 
     # transformers' quantizer registry dispatches a from_pretrained(quantization_config=...) on this name
     quant_method: ClassVar[str] = "hf_compress"
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "method": METHODS, "group": GROUPS, "schedule": SCHEDULES, "sequential": SEQUENTIAL
+    }  # fmt: skip
 
     method: str = "sparsegpt"
     sparsity: float | None = 0.5

@@ -8,6 +8,8 @@ Each step is a separate invocation (run them one at a time; results accumulate i
     python scripts/recovery_smollm2.py kd --budget 600  # LoRA, KD from the dense model, same budget
     python scripts/recovery_smollm2.py report           # the table + fraction of the gap closed
 
+The recovered models are saved under ``WORK/{2of4,structured}/lora_{lm,kd}`` (for ``bench/bench_export.py``).
+
 ``--structured 0.25`` runs the same on a model with 25% of its decoder parameters removed
 (``prune_structured``: query heads + FFN neurons, Taylor importance on 16 x 512 tokens of valid.txt).
 Perplexity: the first 64 non-overlapping 512-token windows of wikitext-2/test.txt, no BOS, fp32.
@@ -138,6 +140,9 @@ def step_recover(args, paths, loss: str) -> None:
         "sparsity_report_total": hfc.sparsity_report(model).total,
     }  # fmt: skip
     _save(paths, f"lora_{loss}", out)
+    from hf_compress.portable import save_pretrained_portable
+
+    save_pretrained_portable(model, tok, paths["work"] / f"lora_{loss}", overwrite=True)  # for bench_export.py
 
 
 def _nll(result: dict) -> float:
