@@ -51,6 +51,11 @@ def run_one(bs: int, ga: int, out: Path) -> None:
 
 def main() -> int:
     if len(sys.argv) == 4:
+        if "WORLD_SIZE" in os.environ:  # a torchrun rank: leave without interpreter teardown
+            sys.path.insert(0, str(ROOT))
+            from tests.distributed.clean_exit import run_and_exit
+
+            run_and_exit(run_one, int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
         run_one(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
         return 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,8 @@
 Teacher: dense SmolLM2-135M-Instruct. Student: the same model pruned 2:4 (SparseGPT by default,
 through ``hf_compress.prune``). Both recoveries get the same fixed budget on
 ``wikitext-2/valid.txt`` (same token windows, optimizer, learning rate, steps); the 2:4 masks are
-re-applied after every optimizer step (a small callback local to this script). Perplexity:
+kept by ``hf_compress.training.SparseMaskCallback`` (pruned gradients zeroed, weights re-masked after
+every optimizer step). Perplexity:
 ``hf_compress.evaluate.perplexity`` on the first 64 x 512-token windows of ``wikitext-2/test.txt``.
 
     python scripts/distill_smollm2_pruned.py --out /tmp/kdruns/a --steps 40 --batch-size 4 --seq-len 256
@@ -20,31 +21,15 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_compress as hfc
 from hf_compress.distill import DistillationConfig, DistillationTrainer
 from hf_compress.evaluate import perplexity
 from hf_compress.fetch import fetch_model
-from hf_compress.models.table import decoder_layers
+from hf_compress.training import SparseMaskCallback
 
 DATA = Path(os.environ.get("HF_COMPRESS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-class KeepMasks(TrainerCallback):
-    """Re-zero pruned weights after every optimizer step (fair comparison for unstructured/N:M students)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.masks = {}
-        for block in decoder_layers(model):
-            for module in block.modules():
-                if isinstance(module, nn.Linear) and (module.weight == 0).float().mean() > 0.25:
-                    self.masks[module] = module.weight == 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        with torch.no_grad():
-            for module, zero in self.masks.items():
-                module.weight.masked_fill_(zero, 0.0)
 
 
 def pruned_student(teacher_dir: Path, tok, out: Path, method: str, calib_samples: int) -> Path:
@@ -88,7 +73,8 @@ def recover(mode: str, student_dir: Path, teacher, tok, data: Dataset, args) -> 
         optim="adamw_torch", logging_steps=5, save_strategy="no", report_to=[], bf16=False, use_cpu=True,
         gradient_checkpointing=False, max_length=args.seq_len, seed=0, disable_tqdm=True,
     )  # fmt: skip
-    callbacks = [KeepMasks(student)]
+    keep = SparseMaskCallback()
+    callbacks = [keep]
     if mode == "kd":
         cfg = DistillationConfig(**common, loss=args.loss, temperature=args.temperature, alpha=args.alpha)
         trainer = DistillationTrainer(
@@ -104,8 +90,10 @@ def recover(mode: str, student_dir: Path, teacher, tok, data: Dataset, args) -> 
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    zeros = sum(int((m.weight == 0).sum()) for m in callbacks[0].masks)
-    total = sum(m.weight.numel() for m in callbacks[0].masks)
+    modules = dict(student.named_modules())
+    weights = [modules[name].weight for name in keep.masks]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    total = sum(w.numel() for w in weights)
     return student, {
         "train_seconds": seconds,
         "pruned_sparsity": zeros / total,

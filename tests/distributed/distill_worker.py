@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import hf_compress.distill.distillation_trainer as trainer_module  # noqa: E402
 from hf_compress.distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from hf_compress.distill.cli_entry import distill_main, load_local_dataset  # noqa: E402
+from tests.distributed.clean_exit import run_and_exit  # noqa: E402
 from tests.distributed.distill_cases import ON_POLICY_SEED, distill_argv, recover  # noqa: E402
 
 
@@ -94,4 +95,4 @@ def _paths(root: Path) -> dict[str, Path]:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(Path(sys.argv[1]))
+    run_and_exit(main, Path(sys.argv[1]))

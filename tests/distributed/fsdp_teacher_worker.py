@@ -20,6 +20,7 @@ from hf_compress.distill.forward import backbone_hidden, redirect  # noqa: E402
 from hf_compress.distill.heads import lm_head  # noqa: E402
 from hf_compress.distill.teacher_placement import place_teacher  # noqa: E402
 from tests.distill.conftest import make_llama  # noqa: E402
+from tests.distributed.clean_exit import run_and_exit  # noqa: E402
 
 
 def fake_accelerator(plugin) -> types.SimpleNamespace:
@@ -50,9 +51,8 @@ def main(out: Path) -> None:
     dist.all_gather_object(gathered, facts)
     if dist.get_rank() == 0:
         (out / "fsdp_teacher.json").write_text(json.dumps(gathered))
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(Path(sys.argv[1]))
+    run_and_exit(main, Path(sys.argv[1]))
