@@ -231,12 +231,14 @@ STAGES: dict[str, Stage] = {
 
 def _register_stages() -> None:
     """Stages defined next to their features (they import ``Stage``/``RunState`` from here)."""
+    from .stages_distill import DISTILL_STAGE
     from .stages_export import run_export, run_quantize, validate_export, validate_quantize
     from .stages_recover import RECOVER_STAGE
     from .stages_structured import run_prune_structured, validate_prune_structured
 
     STAGES["prune_structured"] = Stage(validate_prune_structured, run_prune_structured)
     STAGES["recover"] = RECOVER_STAGE
+    STAGES["distill"] = DISTILL_STAGE
     STAGES["quantize"] = Stage(validate_quantize, run_quantize)
     STAGES["export"] = Stage(validate_export, run_export)
 

@@ -44,7 +44,8 @@ def validate_recover(params: dict[str, Any]) -> None:
         )
 
 
-def _load_teacher(state: RunState, name: str):
+def load_stage_teacher(state: RunState, name: str):
+    """The teacher of a training stage: ``base`` is the recipe's model as loaded, else a name or folder."""
     from .models.loading import load_causal_lm
 
     model, tokenizer, _ = load_causal_lm(
@@ -63,7 +64,7 @@ def run_recover(state: RunState, params: dict[str, Any]) -> None:
     config = _config(params)
     teacher = teacher_tokenizer = None
     if config.loss == "kd":
-        teacher, teacher_tokenizer = _load_teacher(state, teacher_name)
+        teacher, teacher_tokenizer = load_stage_teacher(state, teacher_name)
     state.model = recover_with_lora(
         state.model, dataset, teacher, tokenizer=state.tokenizer, config=config, output_dir=checkpoint_dir,
         teacher_tokenizer=teacher_tokenizer, progress=progress,

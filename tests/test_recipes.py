@@ -1,6 +1,7 @@
 """Recipes and the CLI on a tiny saved model with real text: the Hub-ready folder, errors, atomicity."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,12 @@ def test_recipe_stage_typo_is_refused(tiny_folder, tmp_path, shared_data):
                         stages=[{"prune": {"method": "wanda", "datset": "x.txt"}}])  # fmt: skip
         run_recipe(recipe, progress=False)
     assert not (tmp_path / "o").exists()
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if "accelerate_configs" not in p.parts], ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    recipe = Recipe.from_yaml(path)  # every stage's checks run here, before any model is loaded
+    assert recipe.stages and recipe.output_dir
