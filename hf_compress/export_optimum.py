@@ -203,17 +203,14 @@ def activation_matmuls(path: str | Path) -> list[str]:
 
 
 def matmuls_matching(path: str | Path, patterns: tuple[str, ...]) -> list[str]:
-    """Names of the ``MatMul`` nodes whose name matches one of the regexes (``re.search``)."""
+    """Names of the ``MatMul`` nodes of the graph file whose name or module path matches a regex."""
     if not patterns:
         return []
-    import re
-
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return [
-        n.name for n in graph.node if n.op_type == "MatMul" and any(re.search(p, n.name) for p in patterns)
-    ]
+    from .onnx_nodes import matmuls_named
+
+    return matmuls_named(onnx.load(str(path), load_external_data=False).graph.node, patterns)
 
 
 def _check_graph(out: Path, file: str, model, tokenizer, task: str, generate_tokens: int) -> dict[str, Any]:

@@ -104,7 +104,9 @@ def _quantize(
     from onnxruntime.quantization import QuantType
     from transformers.exporters import ExportFormat, OnnxRuntimeDynamicConfig, OnnxRuntimeQuantizer
 
-    chosen = _matmuls_matching(program, fp32_layers)
+    from .onnx_nodes import matmuls_named
+
+    chosen = matmuls_named(program.graph, fp32_layers)
     settings = OnnxRuntimeDynamicConfig(
         nodes_to_exclude=chosen or None,
         per_channel=per_channel,
@@ -123,15 +125,3 @@ def _quantize(
         "operators": "onnxruntime defaults (IntegerOps registry); MatMuls of two activations stay fp32",
         "fp32_layers": {"patterns": list(fp32_layers), "matmuls": len(chosen)},
     }
-
-
-def _matmuls_matching(program: Any, patterns: tuple[str, ...]) -> list[str]:
-    """``MatMul`` nodes whose name or module path (the exporter's ``namespace`` metadata) matches a regex."""
-    import re
-
-    names = []
-    for node in program.graph:
-        where = f"{node.name} {node.metadata_props.get('namespace', '')}"
-        if node.op_type == "MatMul" and any(re.search(p, where) for p in patterns):
-            names.append(node.name)
-    return names

@@ -333,9 +333,9 @@ def _export_rows(report, source_results, primary):
             values[SIZE] = f"{source_results['weights_bytes'] / 1e6:.1f}"
         if source_results.get("latency"):
             values |= _latency_values(source_results["latency"])
-            protocols.append(latency_line(source_results["latency"]))
+            protocols.append(f"PyTorch fp32, {latency_line(source_results['latency'])}")
         if source_results.get("protocol"):
-            protocols.append(protocol_line(source_results["protocol"]))
+            protocols.append(f"PyTorch fp32, {protocol_line(source_results['protocol'])}")
         rows.append(ResultRow(f"{source_results.get('name', 'source')} (PyTorch fp32)", values))
     for variant, entry in report["files"].items():
         values = {
@@ -345,13 +345,13 @@ def _export_rows(report, source_results, primary):
         evaluation = (report.get("evaluation") or {}).get(variant)
         if evaluation:
             values[PPL] = f"{evaluation['ppl']:.3f}"
-            protocols.append(protocol_line(evaluation["protocol"]))
+            protocols.append(f"ONNX {variant}, {protocol_line(evaluation['protocol'])}")
             if variant == primary:
                 eval_results.append(perplexity_eval_result(evaluation))
         latency = (report.get("latency") or {}).get(variant)
         if latency:
             values |= _latency_values(latency)
-            protocols.append(latency_line(latency))
+            protocols.append(f"ONNX {variant}, {latency_line(latency)}")
         label = f"ONNX {variant}" + (" (this model)" if variant == primary else "")
         rows.append(ResultRow(label, values))
     return rows, list(dict.fromkeys(protocols)), eval_results

@@ -196,3 +196,23 @@ def test_only_weight_matmuls_are_quantized(tmp_path):
     assert activation_matmuls(tmp_path / "g.onnx") == ["/layers.0/self_attn/MatMul"]
     assert matmuls_matching(tmp_path / "g.onnx", ("down_proj",)) == ["/layers.0/mlp/down_proj/MatMul"]
     assert matmuls_matching(tmp_path / "g.onnx", ()) == []
+    with pytest.raises(ValueError, match=r"fp32_layers \['up_proj'\] match no MatMul node"):
+        matmuls_matching(tmp_path / "g.onnx", ("up_proj",))
+
+
+def test_fp32_layers_also_match_the_module_path_of_torch_exported_nodes():
+    """torch.onnx names nodes ``node_linear_N`` and keeps the module path in ``namespace`` metadata."""
+    from onnx import helper
+
+    from hf_compress.onnx_nodes import matmuls_named
+
+    def node(name, namespace):
+        made = helper.make_node("MatMul", ["a", "b"], ["c"], name=name)
+        entry = made.metadata_props.add()
+        entry.key, entry.value = "namespace", namespace
+        return made
+
+    nodes = [node("node_linear_4", "model.layers.0.mlp: LlamaMLP/model.layers.0.mlp.down_proj: Linear"),
+             node("node_linear_5", "model.layers.0.mlp: LlamaMLP/model.layers.0.mlp.up_proj: Linear")]  # fmt: skip
+    assert matmuls_named(nodes, ("down_proj",)) == ["node_linear_4"]
+    assert matmuls_named(nodes, ("node_linear_5$",)) == ["node_linear_5"]

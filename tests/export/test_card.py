@@ -112,6 +112,7 @@ def test_export_card_states_relation_results_and_model_index(tmp_path):
     assert 'ORTModelForCausalLM.from_pretrained("me/smol-onnx", file_name="model_quantized.onnx")' in text
     assert "`import hf_compress` is not needed" in text
     assert "identical to PyTorch for 1/2 prompts" in text and "transformers 4.57.6" in text
+    assert "- PyTorch fp32, latency: batch 1" in text and "- ONNX int8, latency: batch 1" in text
 
 
 def test_transformers_backend_card_says_how_to_load(tmp_path):
