@@ -224,6 +224,15 @@ def test_recipe_stage_typo_is_refused(tiny_folder, tmp_path, shared_data):
     assert not (tmp_path / "o").exists()
 
 
+
+def test_card_says_so_when_nothing_was_measured(tiny_folder, tmp_path, shared_data, monkeypatch):
+    monkeypatch.setenv("HF_COMPRESS_DATA", str(shared_data))
+    recipe = _recipe_dict(tiny_folder, tmp_path / "out", shared_data)
+    del recipe["evaluation"]
+    card = (run_recipe(Recipe(**recipe), progress=False) / "README.md").read_text()
+    results = card.split("## Results", 1)[1].split("##", 1)[0]
+    assert "No quality was measured" in results and "hf-compress eval" in results
+
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 
 
