@@ -73,7 +73,7 @@ def recover(mode: str, student_dir: Path, teacher, tok, data: Dataset, args) -> 
         optim="adamw_torch", logging_steps=5, save_strategy="no", report_to=[], bf16=False, use_cpu=True,
         gradient_checkpointing=False, max_length=args.seq_len, seed=0, disable_tqdm=True,
     )  # fmt: skip
-    keep = SparseMaskCallback()
+    keep = SparseMaskCallback(targets=[r"^model\.layers\.\d+\."])  # decoder blocks, not the tied embedding
     callbacks = [keep]
     if mode == "kd":
         cfg = DistillationConfig(**common, loss=args.loss, temperature=args.temperature, alpha=args.alpha)
