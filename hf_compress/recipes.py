@@ -57,6 +57,11 @@ class Recipe:
                 raise ValueError(
                     f"recipe {self.name!r}: stages[{i}] {kind!r} is unknown; allowed: {sorted(STAGES)}"
                 )
+            if params is not None and not isinstance(params, dict):
+                raise ValueError(
+                    f"recipe {self.name!r}: stages[{i}] {kind!r} must map to a mapping of settings "
+                    f"(like {{{kind}: {{key: value}}}}), not {params!r}"
+                )
             STAGES[kind].validate(params or {})
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} is not one of 'float32', 'bfloat16', 'float16'")

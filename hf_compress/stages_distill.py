@@ -63,6 +63,8 @@ def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     if "output_dir" in params:
         raise ValueError("distill: 'output_dir' is the recipe's; use 'checkpoint_dir' for checkpoints")
+    if "max_length" in params:
+        raise ValueError("distill: 'max_length' is set from 'seqlen' (the training window length); use 'seqlen'")
     stage = {k: params.get(k, v) for k, v in STAGE_DEFAULTS.items()}
     training = {k: v for k, v in params.items() if k not in STAGE_DEFAULTS and k != "progress"}
     return stage, training
@@ -79,10 +81,8 @@ def _distillation_config(run_dir: str, stage: dict[str, Any], training: dict[str
         "bf16": gpu and torch.cuda.is_bf16_supported(),
         "dataloader_pin_memory": gpu,
     }
-    return DistillationConfig(
-        output_dir=run_dir, max_length=stage["seqlen"], disable_tqdm=not progress,
-        **(_TRAINING_DEFAULTS | derived | training),
-    )  # fmt: skip
+    fixed = {"output_dir": run_dir, "max_length": stage["seqlen"], "disable_tqdm": not progress}
+    return DistillationConfig(**(fixed | _TRAINING_DEFAULTS | derived | training))
 
 
 def validate_distill(params: dict[str, Any]) -> None:
@@ -92,16 +92,54 @@ def validate_distill(params: dict[str, Any]) -> None:
     from .launch_checks import check_launch
 
     stage, training = _split(params)
-    if not stage["teacher"]:
-        raise ValueError("distill: 'teacher' is required ('base' for the recipe's model, or a model path/name)")
+    _check_teacher(stage["teacher"])
+    if not isinstance(params.get("dataset"), (str, type(None))):
+        raise _bad("dataset", params["dataset"], "a local file/folder or a Hub dataset name")
     _check_dataset(params, "distill")
-    if not isinstance(stage["seqlen"], int) or stage["seqlen"] < 2:
-        raise ValueError(f"distill: seqlen={stage['seqlen']!r} is invalid; allowed: an integer >= 2")
-    if not isinstance(stage["keep_masks"], bool):
-        raise ValueError(f"distill: keep_masks={stage['keep_masks']!r} is invalid; allowed: true or false")
+    _check_stage_values(stage)
+    for name, low in (("max_steps", 1), ("per_device_train_batch_size", 1), ("gradient_accumulation_steps", 1)):
+        value = training.get(name, _TRAINING_DEFAULTS.get(name, low))
+        if not _is_int(value) or value < low:
+            raise _bad(name, value, f"an integer >= {low}")
+    rate = training.get("learning_rate", _TRAINING_DEFAULTS["learning_rate"])
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        raise _bad("learning_rate", rate, "a number > 0")
     with tempfile.TemporaryDirectory() as tmp:
         config = _distillation_config(tmp, stage, training, progress=False)  # field checks of the config
     check_launch(bool(config.use_cpu))
+
+
+def _bad(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"distill: {name}={value!r} is invalid; allowed: {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_teacher(teacher: Any) -> None:
+    import os
+    from pathlib import Path
+
+    if not teacher:
+        raise ValueError("distill: 'teacher' is required ('base' for the recipe's model, or a model path/name)")
+    if not isinstance(teacher, str):
+        raise _bad("teacher", teacher, "'base', a fetch name, a model folder or a Hub id")
+    if (os.sep in teacher and teacher.startswith((os.sep, "."))) and not Path(teacher).exists():
+        raise FileNotFoundError(f"distill: teacher folder {teacher!r} does not exist")
+
+
+def _check_stage_values(stage: dict[str, Any]) -> None:
+    if not _is_int(stage["seqlen"]) or stage["seqlen"] < 2:
+        raise _bad("seqlen", stage["seqlen"], "an integer >= 2")
+    if stage["max_windows"] is not None and (not _is_int(stage["max_windows"]) or stage["max_windows"] < 1):
+        raise _bad("max_windows", stage["max_windows"], "null or an integer >= 1")
+    for name in ("keep_masks", "resume"):
+        if not isinstance(stage[name], bool):
+            raise _bad(name, stage[name], "true or false")
+    for name in ("text_field", "checkpoint_dir"):
+        if stage[name] is not None and not isinstance(stage[name], str):
+            raise _bad(name, stage[name], "a string")
 
 
 def run_distill(state: RunState, params: dict[str, Any]) -> None:

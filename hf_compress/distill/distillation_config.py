@@ -28,6 +28,10 @@ POOLINGS = ("mean", "first", "last")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+_NUMBERS = ("temperature", "alpha", "beta", "lmbda", "skew_alpha", "feature_weight", "attention_weight",
+            "contrastive_weight", "contrastive_temperature", "generation_temperature")  # fmt: skip
+
+
 def _bad(name: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"DistillationConfig.{name}={value!r} is invalid; allowed: {allowed}")
 
@@ -131,6 +135,10 @@ class DistillationConfig(SFTConfig):
     def _check_kd_fields(self) -> None:
         if self.loss not in LOGIT_LOSSES:
             raise _bad("loss", self.loss, ", ".join(LOGIT_LOSSES))
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise _bad(name, value, "a number")
         if not self.temperature > 0:
             raise _bad("temperature", self.temperature, "a number > 0")
         for name in ("alpha", "beta", "lmbda"):

@@ -78,8 +78,22 @@ def test_without_keep_masks_the_zeros_fill_in(dense, shared_data, tmp_path):
         ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "loss": "l2"}, "DistillationConfig.loss='l2'"),
         ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "seqlen": 1}, "seqlen=1"),
         ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "keep_masks": "yes"}, "keep_masks='yes'"),
+        ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "temperature": "hot"}, "temperature='hot'.*a number"),
+        ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "max_length": 256}, "use 'seqlen'"),
+        ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "max_steps": 0}, "max_steps=0"),
+        ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "learning_rate": "fast"}, "learning_rate='fast'"),
+        ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "per_device_train_batch_size": 0}, "batch_size=0"),
+        ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "max_windows": -1}, "max_windows=-1"),
+        ({"teacher": "base", "dataset": "{data}/wikitext-2/valid.txt", "resume": "maybe"}, "resume='maybe'"),
+        ({"teacher": 5, "dataset": "{data}/wikitext-2/valid.txt"}, "teacher=5"),
+        ({"teacher": "/nope/model", "dataset": "{data}/wikitext-2/valid.txt"}, "teacher folder '/nope/model'"),
     ],
 )
 def test_stage_validation_before_loading(params, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         validate_distill(recipes.expand_placeholders(params))
+
+
+def test_a_stage_that_is_not_a_mapping_is_refused(dense, tmp_path):
+    with pytest.raises(ValueError, match="'distill' must map to a mapping of settings"):
+        Recipe(name="x", model=str(dense), output_dir=str(tmp_path / "o"), stages=[{"distill": "base"}])
