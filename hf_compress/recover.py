@@ -512,14 +512,24 @@ def _build_trainer(
     return trainer, budget
 
 
-def _fill_training(report: RecoveryReport, trainer, budget) -> None:
-    state = trainer.state
-    report.steps = state.global_step
-    report.tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) or (
-        state.global_step * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-        * report.seqlen * trainer.args.world_size
+def trained_tokens(trainer, seqlen: int) -> int:
+    """Tokens a finished run trained on (all ranks): the Trainer's count, else steps x global batch x ``seqlen``."""
+    state, args = trainer.state, trainer.args
+    return int(getattr(state, "num_input_tokens_seen", 0) or 0) or (
+        state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * seqlen
+        * args.world_size
     )  # fmt: skip
-    report.losses = [(h["step"], h["loss"]) for h in state.log_history if "loss" in h]
+
+
+def logged_losses(trainer) -> list[tuple[int, float]]:
+    """``(step, loss)`` of every logged training step."""
+    return [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+
+
+def _fill_training(report: RecoveryReport, trainer, budget) -> None:
+    report.steps = trainer.state.global_step
+    report.tokens = trained_tokens(trainer, report.seqlen)
+    report.losses = logged_losses(trainer)
     report.stopped_by_budget = budget is not None and budget.stopped_at is not None
 
 

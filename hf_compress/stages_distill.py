@@ -54,17 +54,17 @@ def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(stage keys with defaults, DistillationConfig keys)``; unknown keys are refused by name."""
     from .distill import DistillationConfig
 
-    allowed = {f.name for f in dataclasses.fields(DistillationConfig)} | {"output_dir"}
+    if "output_dir" in params:
+        raise ValueError("distill: 'output_dir' is the recipe's; use 'checkpoint_dir' for checkpoints")
+    if "max_length" in params:
+        raise ValueError("distill: 'max_length' is set from 'seqlen' (the training window length); use 'seqlen'")
+    allowed = {f.name for f in dataclasses.fields(DistillationConfig)}
     unknown = sorted(set(params) - allowed - set(STAGE_DEFAULTS) - {"progress"})
     if unknown:
         raise ValueError(
             f"distill: unknown key(s) {unknown}; allowed: {sorted(STAGE_DEFAULTS)} and any "
             "DistillationConfig field (docs/distillation.md)"
         )
-    if "output_dir" in params:
-        raise ValueError("distill: 'output_dir' is the recipe's; use 'checkpoint_dir' for checkpoints")
-    if "max_length" in params:
-        raise ValueError("distill: 'max_length' is set from 'seqlen' (the training window length); use 'seqlen'")
     stage = {k: params.get(k, v) for k, v in STAGE_DEFAULTS.items()}
     training = {k: v for k, v in params.items() if k not in STAGE_DEFAULTS and k != "progress"}
     return stage, training
@@ -74,12 +74,12 @@ def _distillation_config(run_dir: str, stage: dict[str, Any], training: dict[str
     import torch
 
     from .distill import DistillationConfig
+    from .recover import _bf16_available
 
-    gpu = torch.cuda.is_available()
     derived = {
         "save_strategy": "steps" if stage["checkpoint_dir"] else "no",
-        "bf16": gpu and torch.cuda.is_bf16_supported(),
-        "dataloader_pin_memory": gpu,
+        "bf16": _bf16_available(),
+        "dataloader_pin_memory": torch.cuda.is_available(),
     }
     fixed = {"output_dir": run_dir, "max_length": stage["seqlen"], "disable_tqdm": not progress}
     return DistillationConfig(**(fixed | _TRAINING_DEFAULTS | derived | training))
@@ -182,13 +182,13 @@ def _trainer(state, teacher, teacher_tokenizer, data, masks, stage, training, ru
 
 
 def _record(state: RunState, trainer, masks, stage: dict[str, Any], windows: int) -> None:
-    args, log = trainer.args, trainer.state.log_history
-    steps = trainer.state.global_step
-    tokens = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * stage["seqlen"]
+    from .recover import logged_losses, trained_tokens
+
+    args, steps = trainer.args, trainer.state.global_step
     kept = masks.sparsity() if masks is not None and masks.masks else None
     report = {
-        "steps": steps, "tokens": tokens * args.world_size, "windows": windows,
-        "losses": [(h["step"], h["loss"]) for h in log if "loss" in h],
+        "steps": steps, "tokens": trained_tokens(trainer, stage["seqlen"]), "windows": windows,
+        "losses": logged_losses(trainer),
         "loss": args.loss, "temperature": args.temperature, "alpha": args.alpha,
         "learning_rate": args.learning_rate, "masked_sparsity_kept": kept,
     }  # fmt: skip
